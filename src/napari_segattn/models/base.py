@@ -1,0 +1,60 @@
+"""Common base of all segmentation models: pad to the stride, crop back, never resize."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["SegmentationModel", "pad_to_multiple"]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad H and W (bottom/right) up to a multiple; returns the padded tensor and original size."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    # reflect needs pad < size; fall back to replicate for tiny inputs
+    if mode == "reflect" and (ph >= h or pw >= w):
+        mode = "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode), (h, w)
+
+
+class SegmentationModel(nn.Module):
+    """Base class: validates input, pads H/W to ``stride`` and crops the logits back.
+
+    Subclasses implement ``_forward(x, *extras)`` on stride-aligned inputs. ``extras`` are
+    extra full-resolution maps (FANet's feedback mask), padded with zeros alongside ``x``.
+    """
+
+    #: total downsampling factor; inputs are padded to a multiple of it
+    stride: int = 1
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError("in_channels and out_channels must be >= 1")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(
+                f"{type(self).__name__} expects a batch of 2D images (B, C, H, W); got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.in_channels} input channel(s); "
+                f"got {x.shape[1]} (shape {tuple(x.shape)})"
+            )
+
+    def forward(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        xp, (h, w) = pad_to_multiple(x, self.stride)
+        padded_extras = [pad_to_multiple(e, self.stride, mode="constant")[0] for e in extras]
+        out = self._forward(xp, *padded_extras)
+        return out[..., :h, :w]
+
+    def _forward(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
