@@ -1,0 +1,85 @@
+"""napari layers -> the plain arrays the core takes (the only place that reads layer data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ModelInput", "InputError", "gather_input", "current_index"]
+
+
+class InputError(ValueError):
+    """Layers that cannot feed the model, explained in words for a notification."""
+
+
+@dataclass
+class ModelInput:
+    image: np.ndarray  # (C, H, W) for one slice, (Z, C, H, W) for a volume
+    ground_truth: np.ndarray | None  # (H, W) or (Z, H, W), integer
+    is_volume: bool
+    slice_index: int | None  # the z of a single slice taken from a volume layer
+    layer_shape: tuple[int, ...]  # spatial shape of the source layer (2D or 3D)
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+    names: list[str]
+
+    @property
+    def spatial(self) -> tuple[int, int]:
+        return tuple(self.image.shape[-2:])
+
+
+def _channels_first(layer) -> np.ndarray:
+    data = np.asarray(layer.data)
+    if getattr(layer, "rgb", False):
+        data = np.moveaxis(data[..., :3], -1, 0 if data.ndim == 3 else 1)  # (3,H,W) or (Z,3,H,W)
+        return data
+    return data[None] if data.ndim == 2 else data[:, None]  # (1,H,W) or (Z,1,H,W)
+
+
+def current_index(viewer, layer) -> int:
+    """The data index of the slice shown for a 3D layer (world point -> data coordinates)."""
+    if layer.ndim < 3:
+        return 0
+    z = layer.world_to_data(viewer.dims.point)[0]
+    return int(np.clip(round(float(z)), 0, layer.data.shape[0] - 1))
+
+
+def gather_input(viewer, image_layers, gt_layer=None, scope: str = "slice") -> ModelInput:
+    """Stack the chosen image layers as channels; a 3D layer gives a slice or the volume."""
+    if not image_layers:
+        raise InputError("choose at least one image layer")
+    spatial = {tuple(l.data.shape[:-1] if getattr(l, "rgb", False) else l.data.shape) for l in image_layers}
+    if len(spatial) != 1:
+        raise InputError(f"the image layers differ in shape {sorted(spatial)}; channels must align pixel for pixel")
+    shape = spatial.pop()
+    if len(shape) not in (2, 3):
+        raise InputError(f"image layers must be 2D or 3D (a stack of slices); got shape {shape}")
+    arrays = [_channels_first(l).astype(np.float32, copy=False) for l in image_layers]
+    data = np.concatenate(arrays, axis=-3)
+    if not np.isfinite(data).all():
+        bad = [l.name for l, a in zip(image_layers, arrays) if not np.isfinite(a).all()]
+        raise InputError(f"layer(s) {bad} contain NaN or Inf pixels; fix or mask them before running a model")
+    gt = None
+    if gt_layer is not None:
+        gt = np.asarray(gt_layer.data)
+        if gt.shape != shape:
+            raise InputError(f"ground truth {gt_layer.name!r} has shape {gt.shape} but the image is {shape}")
+        gt = gt.astype(np.int64, copy=False)
+    first = image_layers[0]
+    slice_index = None
+    is_volume = len(shape) == 3 and scope == "volume"
+    if len(shape) == 3 and not is_volume:
+        slice_index = current_index(viewer, first)
+        data = data[slice_index]
+        gt = gt[slice_index] if gt is not None else None
+    return ModelInput(
+        image=np.ascontiguousarray(data),
+        ground_truth=gt,
+        is_volume=is_volume,
+        slice_index=slice_index,
+        layer_shape=shape,
+        scale=tuple(first.scale),
+        translate=tuple(first.translate),
+        names=[l.name for l in image_layers],
+    )

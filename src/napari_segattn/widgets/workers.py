@@ -1,0 +1,57 @@
+"""Run the core's progress generators in napari thread workers (no second implementation).
+
+The core yields events and checks a cancel flag; here we only connect those to napari's
+progress bar, notifications and the widget callbacks, and keep the viewer responsive.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+
+__all__ = ["run_in_worker", "explain_exception"]
+
+
+def explain_exception(exc: BaseException) -> str:
+    """One line for a notification; GPU OOM gets its advice."""
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return f"GPU out of memory: {str(exc).splitlines()[0]} -- try a smaller batch size or the CPU"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def run_in_worker(
+    gen_func: Callable[..., Iterator[Any]],
+    *args,
+    on_yield: Callable[[Any], None] | None = None,
+    on_return: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_finish: Callable[[], None] | None = None,
+    desc: str = "working",
+    total: int = 0,
+    **kwargs,
+):
+    """Start ``gen_func(*args, **kwargs)`` in a thread with napari's progress bar."""
+    worker = create_worker(gen_func, *args, _progress={"total": total, "desc": desc}, _start_thread=False, **kwargs)
+    if on_yield is not None:
+        worker.yielded.connect(on_yield)
+    if on_return is not None:
+        worker.returned.connect(on_return)
+
+    def _errored(exc: BaseException) -> None:
+        show_error(f"{desc} failed: {explain_exception(exc)}")
+        if on_error is not None:
+            on_error(exc)
+
+    worker.errored.connect(_errored)
+    if on_finish is not None:
+        worker.finished.connect(on_finish)
+    worker.start()
+    return worker
+
+
+def notify(msg: str) -> None:
+    show_info(msg)

@@ -1,0 +1,64 @@
+"""NIfTI reader/writer and sample data, headless (no viewer needed) and through npe2."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_segattn import _sample_data
+from napari_segattn._reader import napari_get_reader
+from napari_segattn._writer import write_labels_nifti
+
+
+def test_reader_keeps_spacing_as_scale_and_axial_order(shared_data):
+    path = shared_data / "sct_spine" / "t2s.nii.gz"
+    reader = napari_get_reader(str(path))
+    assert reader is not None
+    (data, kwargs, kind), = reader(str(path))
+    src = nib.load(str(path))
+    assert kind == "image"
+    assert data.shape == src.shape[::-1]  # (x, y, z) -> (z, y, x)
+    np.testing.assert_allclose(kwargs["scale"], src.header.get_zooms()[::-1], rtol=1e-6)
+    np.testing.assert_array_equal(data[3], np.asarray(src.dataobj)[:, :, 3].T)
+
+
+def test_reader_opens_segmentations_as_labels(shared_data):
+    path = str(shared_data / "sct_spine" / "t2s_gmseg_manual.nii.gz")
+    (data, kwargs, kind), = napari_get_reader(path)(path)
+    assert kind == "labels" and np.issubdtype(data.dtype, np.integer)
+    assert set(np.unique(data)) <= {0, 1}
+
+
+def test_reader_declines_other_files():
+    assert napari_get_reader("image.png") is None
+
+
+def test_writer_round_trips_on_the_source_grid(shared_data, tmp_path):
+    path = str(shared_data / "sct_spine" / "t2s_gmseg_manual.nii.gz")
+    (data, kwargs, _), = napari_get_reader(path)(path)
+    edited = data.copy()
+    edited[0, :5, :5] = 1
+    out = write_labels_nifti(str(tmp_path / "edited.nii.gz"), edited, kwargs["metadata"])[0]
+    back, src = nib.load(out), nib.load(path)
+    np.testing.assert_allclose(back.affine, src.affine)
+    assert back.header.get_zooms() == src.header.get_zooms()
+    np.testing.assert_array_equal(np.asarray(back.dataobj), np.moveaxis(edited, (0, 1, 2), (2, 1, 0)))
+
+
+def test_samples_have_ground_truth_aligned_with_images():
+    img, gt = _sample_data.dsb2018_nuclei()
+    assert img[0].shape == gt[0].shape == (512, 512) and gt[2] == "labels"
+    assert 0.05 < (gt[0] > 0).mean() < 0.6
+    t1, tissue = _sample_data.mni152_brain()
+    assert t1[0].shape == tissue[0].shape and set(np.unique(tissue[0])) == {0, 1, 2}
+    assert tissue[1]["scale"] == pytest.approx((2.0, 2.0, 2.0))
+    cord, gm = _sample_data.sct_spinal_cord_gm()
+    assert cord[1]["scale"] == pytest.approx((7.5, 0.5, 0.5), rel=1e-5)
+
+
+def test_manifest_is_valid():
+    from npe2 import PluginManifest
+
+    pm = PluginManifest.from_distribution("napari-segattn")
+    assert {w.display_name for w in pm.contributions.widgets} >= {"Model", "Train", "Predict & refine", "Inspect", "Compare"}
