@@ -1,0 +1,158 @@
+"""``segattn evaluate CKPT --images DIR --masks DIR``: a metrics table over a folder.
+
+Images and masks are paired by file name (without extension). FANet models are evaluated at
+every feedback iteration 0..N-1 from the Otsu mask, one row per iteration as released test.py
+(spec 2.7: iteration k = the k-th prediction; metrics averaged over images).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import CLIError
+from .predict_cmd import add_common, load_cli_model, read_cli_image, refuse_existing, user_errors
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a folder of images and masks")
+    p.add_argument("checkpoint")
+    p.add_argument("--images", required=True, help="folder of images")
+    p.add_argument("--masks", required=True, help="folder of ground-truth masks with the same file names")
+    p.add_argument("--binarize", action="store_true", help="ground truth > 0 is foreground (e.g. {0,255} or instance labels)")
+    p.add_argument("--iterations", type=int, default=10, help="FANet: feedback iterations (default 10)")
+    p.add_argument("--out", default=None, help="write the per-image table as CSV")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--overwrite", action="store_true")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def pair_files(images: Path, masks: Path) -> list[tuple[Path, Path]]:
+    from ..inference.files import file_stem
+
+    def listing(d: Path) -> dict[str, Path]:
+        if not d.is_dir():
+            raise CLIError(f"{d}: not a folder")
+        return {file_stem(p): p for p in sorted(d.iterdir()) if p.is_file() and not p.name.startswith(".")}
+
+    imgs, msks = listing(images), listing(masks)
+    common = sorted(set(imgs) & set(msks), key=lambda s: (len(s), s))
+    if not common:
+        raise CLIError(f"no image in {images} has a mask of the same name in {masks}")
+    missing = sorted(set(imgs) - set(msks))
+    if missing:
+        print(f"warning: {len(missing)} image(s) without a mask skipped (e.g. {missing[:3]})", file=sys.stderr)
+    return [(imgs[k], msks[k]) for k in common]
+
+
+def flatten(d, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}_" if isinstance(v, (dict, list, tuple, np.ndarray)) else f"{prefix}{k}"))
+        return out
+    if isinstance(d, (list, tuple, np.ndarray)):
+        for i, v in enumerate(d):
+            out.update(flatten(v, f"{prefix}{i}"))
+        return out
+    try:
+        return {prefix.rstrip("_"): float(d)}
+    except (TypeError, ValueError):
+        return {}
+
+
+def ground_truth(mask_file, traits, binarize: bool) -> np.ndarray:
+    gt = np.asarray(mask_file.data)
+    if gt.ndim == 3 and gt.shape[-1] in (3, 4) and mask_file.kind == "raster":
+        gt = gt[..., 0]
+    if traits.binary:
+        if binarize:
+            return gt > 0
+        vals = np.unique(gt)
+        if not set(vals.tolist()) <= {0, 1}:
+            raise CLIError(f"{mask_file.path.name} has values {vals[:6].tolist()}...; pass --binarize for > 0")
+        return gt.astype(bool)
+    if binarize:
+        raise CLIError("--binarize is for one-logit (binary) models")
+    return gt.astype(np.int64)
+
+
+def run(args) -> int:
+    from ..inference import FANetRefiner, model_traits, predict
+    from ..inference.files import read_image
+    from ..metrics import binary_metrics, segmentation_metrics
+
+    refuse_existing([args.out], args.overwrite)
+    model = load_cli_model(args.checkpoint)
+    traits = model_traits(model)
+    pairs = pair_files(Path(args.images), Path(args.masks))
+    rows: list[dict] = []
+    for img_path, mask_path in pairs:
+        f, data, c, s = read_cli_image(str(img_path), model, args.channel_axis, args.slice_axis)
+        with user_errors():
+            gt = ground_truth(read_image(mask_path), traits, args.binarize)
+            spacing = f.spacing if f.kind == "nifti" else None
+            if traits.takes_mask:
+                ref = FANetRefiner(model, data, ground_truth=gt, channel_axis=c, slice_axis=s, device=args.device,
+                                   batch_size=args.batch_size, spacing=spacing)
+                for r in ref.run(max_iters=args.iterations, tol=None):
+                    rows.append({"image": img_path.name, "iteration": r.index, **flatten(r.metrics)})
+            else:
+                pred = predict(model, data, channel_axis=c, slice_axis=s, device=args.device,
+                               batch_size=args.batch_size)
+                if gt.shape != pred.labels.shape:
+                    raise CLIError(f"{mask_path.name} has shape {gt.shape}, prediction {pred.labels.shape}")
+                if traits.binary:
+                    m = binary_metrics(pred.labels, gt, spacing=spacing)
+                else:
+                    m = segmentation_metrics(pred.labels, gt, traits.out_channels)
+                rows.append({"image": img_path.name, **flatten(m)})
+        print(f"evaluated {img_path.name}", file=sys.stderr)
+    summary = summarize(rows, by_iteration=traits.takes_mask)
+    print_table(summary)
+    if args.out:
+        write_csv(args.out, rows + summary)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def summarize(rows: list[dict], by_iteration: bool) -> list[dict]:
+    """Mean over images (per iteration for FANet), NaNs (e.g. HD95 of empty masks) ignored."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(r.get("iteration") if by_iteration else None, []).append(r)
+    out = []
+    for it, rs in groups.items():
+        keys = [k for k in rs[0] if k not in ("image", "iteration")]
+        row = {"image": "mean"}
+        if by_iteration:
+            row["iteration"] = it
+        for k in keys:
+            vals = [r[k] for r in rs if isinstance(r.get(k), float) and not math.isnan(r[k])]
+            row[k] = float(np.mean(vals)) if vals else float("nan")
+        out.append(row)
+    return out
+
+
+def print_table(rows: list[dict]) -> None:
+    if not rows:
+        return
+    keys = list(rows[0])
+    print("  ".join(f"{k:>10}" for k in keys))
+    for r in rows:
+        print("  ".join(f"{r[k]:>10.4f}" if isinstance(r[k], float) else f"{str(r[k]):>10}" for k in keys))
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)

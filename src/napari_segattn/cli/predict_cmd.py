@@ -1,0 +1,124 @@
+"""``segattn predict CKPT IMAGE --out OUT``: an image or a whole volume to a label file.
+
+Also holds the helpers the other inspection commands share (checkpoint loading, reading an
+image with its axes, turning core errors into one-line ``CLIError``s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+from . import CLIError
+
+
+def add_common(p, *, device=True) -> None:
+    p.add_argument("--channel-axis", type=int, default=None, help="axis of the channels (default: guessed)")
+    p.add_argument("--slice-axis", type=int, default=None,
+                   help="axis to cut a volume along (default: z for NIfTI, 0 for 3D TIFF)")
+    if device:
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="segment an image or volume with a checkpoint")
+    p.add_argument("checkpoint", help="model file (.safetensors)")
+    p.add_argument("image", help="image or volume (.nii/.nii.gz, .tif, .png)")
+    p.add_argument("--out", required=True, help="label file to write (.nii.gz keeps the input's header; .tif; .png)")
+    p.add_argument("--probabilities", default=None, help="also write the probabilities (.tif/.nii.gz, float32)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="FANet: feedback iterations from the Otsu mask (default 10, as released test.py)")
+    p.add_argument("--init", default="otsu", choices=["otsu", "empty", "full"],
+                   help="FANet: initial feedback mask (default otsu, as released)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Core errors the user can fix, as CLIError (one line, exit 2)."""
+    from ..inference import GPUMemoryError, InputError
+    from ..models import CheckpointError
+
+    try:
+        yield
+    except (CheckpointError, InputError, GPUMemoryError, FileExistsError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
+
+
+def load_cli_model(path: str):
+    from ..models import load_model
+
+    with user_errors():
+        return load_model(path, map_location="cpu")
+
+
+def read_cli_image(path: str, model, channel_axis=None, slice_axis=None):
+    """``(ImageFile, data, channel_axis, slice_axis)`` for this model."""
+    from ..inference.files import guess_axes, read_image
+
+    with user_errors():
+        try:
+            f = read_image(path)
+            data, c, s = guess_axes(f, int(getattr(model, "in_channels", 1)), channel_axis, slice_axis)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    return f, data, c, s
+
+
+def refuse_existing(paths, overwrite: bool) -> None:
+    """Check every output before any work: never overwrite without --overwrite."""
+    existing = [str(p) for p in paths if p is not None and Path(p).exists()]
+    if existing and not overwrite:
+        raise CLIError(f"output exists: {', '.join(existing)}; pass --overwrite to replace")
+
+
+def progress_printer(label: str):
+    def show(ev) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{label}: {ev.done}/{ev.total}", end="" if ev.done < ev.total else "\n", file=sys.stderr)
+
+    return show
+
+
+def run(args) -> int:
+    from ..inference import FANetRefiner, model_traits, predict
+    from ..inference.files import write_array
+
+    refuse_existing([args.out, args.probabilities], args.overwrite)
+    model = load_cli_model(args.checkpoint)
+    traits = model_traits(model)
+    f, data, c, s = read_cli_image(args.image, model, args.channel_axis, args.slice_axis)
+    if args.iterations is not None and not traits.takes_mask:
+        raise CLIError(f"--iterations is for FANet-style models; {traits.name!r} takes no feedback mask")
+    with user_errors():
+        if traits.takes_mask:
+            n = 10 if args.iterations is None else args.iterations
+            if n < 1:
+                raise CLIError("--iterations must be >= 1")
+            ref = FANetRefiner(model, data, init=args.init, channel_axis=c, slice_axis=s, device=args.device,
+                               batch_size=args.batch_size, amp=not args.no_amp)
+            last = ref.run(max_iters=n, tol=None)[-1]
+            labels, probs = last.mask, last.probabilities[None]
+            print(f"FANet: {n} iteration(s); last changed fraction {last.changed_fraction:.5f}", file=sys.stderr)
+        else:
+            pred = predict(model, data, channel_axis=c, slice_axis=s, device=args.device,
+                           batch_size=args.batch_size, amp=not args.no_amp,
+                           progress=progress_printer("predict"))
+            labels, probs = pred.labels, pred.probabilities
+        try:
+            out = write_array(args.out, labels, f, overwrite=args.overwrite)
+            if args.probabilities:
+                # channels last so NIfTI keeps (x, y, z) for the spatial axes
+                import numpy as np
+
+                write_array(args.probabilities, np.moveaxis(probs, 0, -1) if probs.shape[0] > 1 else probs[0], f,
+                            overwrite=args.overwrite, labels=False)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,177 @@
+"""``segattn train``: train a registered model with its paper recipe; writes OUT/model.safetensors.
+
+Multi-GPU: ``torchrun --nproc_per_node N -m napari_segattn train ...`` runs the same engine with
+DistributedDataParallel (one process per GPU; gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+from . import CLIError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model (paper recipe; every setting overridable)")
+    p.add_argument("--model", required=True, help="registered model name (see `segattn models`)")
+    src = p.add_argument_group("data (folders of 2D images, or volumes)")
+    src.add_argument("--images", help="folder of images")
+    src.add_argument("--masks", help="folder of masks with the same file names")
+    src.add_argument("--volume", nargs="+", metavar="F", help="image volume(s), one per modality")
+    src.add_argument("--labels", help="label volume for --volume")
+    src.add_argument("--axis", type=int, default=0, help="slice axis of the volume (default 0)")
+    p.add_argument("--binarize", action="store_true", help="labels > 0 are foreground")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--loss", choices=["dice", "bce_dice", "ce", "ce_dice", "feedback_ce"])
+    p.add_argument("--tv-alpha", type=float, help="TV-smoothing augmentation weight (smaller = smoother)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction (0 = no validation)")
+    p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=run)
+
+
+def _dataset(args, seed: int):
+    from ..data import DataError, SegmentationDataset
+
+    try:
+        if args.images or args.masks:
+            if args.volume or args.labels:
+                raise CLIError("give either --images/--masks or --volume/--labels, not both")
+            if not (args.images and args.masks):
+                raise CLIError("--images and --masks go together")
+            return SegmentationDataset.from_folders(args.images, args.masks, binarize=args.binarize, seed=seed)
+        if args.volume:
+            if not args.labels:
+                raise CLIError("--volume needs --labels")
+            return SegmentationDataset.from_volumes(args.volume, args.labels, axis=args.axis, binarize=args.binarize, seed=seed)
+    except DataError as exc:
+        raise CLIError(str(exc)) from None
+    raise CLIError("no data: give --images DIR --masks DIR or --volume F --labels F")
+
+
+def _config(args):
+    from ..training import recipe_for
+
+    overrides = {
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "loss": args.loss,
+        "tv_alpha": args.tv_alpha, "seed": args.seed,
+    }
+    cfg = recipe_for(args.model)
+    try:
+        return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _init_distributed(device: str) -> tuple[int, str]:
+    """Join the torchrun group if launched by torchrun; returns (rank, device)."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return 0, device
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), device
+
+
+class _Progress:
+    """tqdm bar when tqdm is installed, else one line per epoch."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+        try:
+            import tqdm  # noqa: F401
+
+            self.tqdm = tqdm.tqdm
+        except ImportError:
+            self.tqdm = None
+
+    def __call__(self, e) -> None:
+        from ..training import Cancelled, Checkpoint, EpochStart, Finished, Step, Validation
+
+        if not self.enabled:
+            return
+        if isinstance(e, EpochStart):
+            if self.tqdm is not None:
+                self.close()
+                self.bar = self.tqdm(total=e.steps, desc=f"epoch {e.epoch + 1}/{e.epochs}", file=sys.stderr, leave=False)
+        elif isinstance(e, Step):
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(loss=f"{e.loss:.4f}", lr=f"{e.lr:.2e}", eta=f"{e.eta_s:.0f}s")
+            elif e.step == e.steps - 1:
+                print(f"epoch {e.epoch + 1}: loss {e.loss:.4f} lr {e.lr:.2e} eta {e.eta_s:.0f}s", file=sys.stderr)
+        elif isinstance(e, Validation):
+            self.close()
+            m = " ".join(f"{k} {e.metrics[k]:.4f}" for k in ("dice", "iou") if k in e.metrics)
+            print(f"epoch {e.epoch + 1}: val loss {e.loss:.4f} {m}{' *' if e.improved else ''}", file=sys.stderr)
+        elif isinstance(e, Checkpoint) and e.kind == "best":
+            pass
+        elif isinstance(e, (Finished, Cancelled)):
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def run(args) -> int:
+    import torch
+
+    from ..models import build_model, get_spec
+    from ..training import Trainer, TrainingError, build_augmenter
+
+    try:
+        get_spec(args.model)
+    except KeyError as exc:
+        raise CLIError(exc.args[0]) from None
+    cfg = _config(args)
+    try:
+        rank, device = _init_distributed(args.device)
+    except RuntimeError as exc:
+        raise CLIError(str(exc)) from None
+    ds = _dataset(args, cfg.seed)
+    ds.augmenter = build_augmenter(cfg)
+    if args.val_fraction > 0:
+        if len(ds) < 2:
+            raise CLIError(f"only {len(ds)} sample: cannot hold out a validation set (use --val-fraction 0)")
+        train_ds, val_ds = ds.split(args.val_fraction, seed=cfg.seed)
+    else:
+        train_ds, val_ds = ds, None
+    out_channels = 1 if ds.num_classes <= 2 else ds.num_classes
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+    try:
+        model = build_model(args.model, in_channels=ds.num_channels, out_channels=out_channels)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"cannot build {args.model!r} for {ds.num_channels} channel(s), {out_channels} output(s): {exc}") from None
+    progress = _Progress(enabled=rank == 0)
+    trainer = Trainer(model, train_ds, val_ds, cfg, device=device, listeners=[progress], out_dir=args.out, resume=args.resume)
+    try:
+        for _ in trainer.run():
+            pass
+    except TrainingError as exc:
+        raise CLIError(str(exc)) from None
+    except RuntimeError as exc:
+        if "device" in str(exc):
+            raise CLIError(str(exc)) from None
+        raise
+    finally:
+        progress.close()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(f"wrote {trainer.model_path} (best epoch {trainer.best_epoch + 1 if trainer.best_epoch is not None else '-'})")
+    return 0

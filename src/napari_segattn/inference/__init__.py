@@ -1,0 +1,26 @@
+"""Inference: whole-image/volume prediction and FANet's test-time feedback iteration.
+
+Results are plain numpy arrays plus small dataclasses, shared by the CLI and the widgets.
+"""
+
+from .layout import ChannelMismatchError, InputError, Layout
+from .predict import Cancelled, GPUMemoryError, Prediction, PredictProgress, iter_predict, predict
+from .refine import FANetRefiner, IterationResult
+from .traits import ModelTraits, model_traits, to_probabilities
+
+__all__ = [
+    "predict",
+    "iter_predict",
+    "Prediction",
+    "PredictProgress",
+    "FANetRefiner",
+    "IterationResult",
+    "Layout",
+    "InputError",
+    "ChannelMismatchError",
+    "GPUMemoryError",
+    "Cancelled",
+    "ModelTraits",
+    "model_traits",
+    "to_probabilities",
+]

@@ -1,0 +1,171 @@
+"""Image / label files for the command line: read, guess the axes, write on the source grid.
+
+NIfTI keeps nibabel's ``(x, y, z[, c])`` order; slices are taken along z (axis 2) and the
+output label volume is written with the source affine and header, so it overlays exactly.
+2D PNG/TIFF images are ``(H, W)`` or ``(H, W, C)``; 3D TIFF stacks are ``(Z, H, W)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ImageFile", "read_image", "guess_axes", "write_array", "output_exists", "colorize_signed",
+           "matching_suffix", "file_stem"]
+
+NIFTI = (".nii.gz", ".nii")
+TIFF = (".tif", ".tiff")
+RASTER = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def matching_suffix(path: str | Path) -> str:
+    name = str(path).lower()
+    for suf in NIFTI + TIFF + RASTER:
+        if name.endswith(suf):
+            return suf
+    return Path(path).suffix.lower()
+
+
+def file_stem(path: str | Path) -> str:
+    name = Path(path).name
+    suf = matching_suffix(name)
+    return name[: len(name) - len(suf)] if suf and name.lower().endswith(suf) else Path(name).stem
+
+
+@dataclass
+class ImageFile:
+    data: np.ndarray
+    path: Path
+    kind: str  # "nifti" | "tiff" | "raster"
+    spacing: tuple[float, ...] | None = None  # per array axis (spatial axes only for NIfTI)
+    meta: dict[str, Any] = field(default_factory=dict)  # NIfTI: affine, header
+
+
+def read_image(path: str | Path) -> ImageFile:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    suf = matching_suffix(path)
+    if suf in NIFTI:
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[: min(3, data.ndim)])
+        return ImageFile(data, path, "nifti", zooms, {"affine": img.affine.copy(), "header": img.header.copy()})
+    if suf in TIFF:
+        import tifffile
+
+        return ImageFile(np.asarray(tifffile.imread(str(path))), path, "tiff")
+    if suf in RASTER:
+        import imageio.v3 as iio
+
+        return ImageFile(np.asarray(iio.imread(str(path))), path, "raster")
+    raise ValueError(f"{path.name}: unsupported file type {suf!r}; use NIfTI (.nii/.nii.gz), TIFF or PNG")
+
+
+def guess_axes(f: ImageFile, in_channels: int, channel_axis: int | None = None,
+               slice_axis: int | None = None) -> tuple[np.ndarray, int | None, int | None]:
+    """``(data, channel_axis, slice_axis)``; explicit axes win. A grey 2D image given to a
+    3-channel model is repeated to 3 channels (cv2's colour read of a grey file, as FANet's
+    released code does)."""
+    data = f.data
+    if channel_axis is not None or slice_axis is not None:
+        return data, channel_axis, slice_axis
+    if f.kind == "nifti":
+        if data.ndim == 3:
+            return data, None, 2
+        if data.ndim == 4:
+            return data, 3, 2
+        if data.ndim == 2:
+            return data, None, None
+    if data.ndim == 2:
+        if in_channels > 1:
+            return np.repeat(data[..., None], in_channels, axis=-1), -1, None
+        return data, None, None
+    if data.ndim == 3:
+        if in_channels > 1 and data.shape[-1] == in_channels:
+            return data, -1, None
+        if in_channels > 1 and data.shape[0] == in_channels:
+            return data, 0, None
+        if in_channels == 1:
+            if f.kind == "raster" and data.shape[-1] in (3, 4):
+                raise ValueError(f"{f.path.name} is a colour image but the model takes one channel; "
+                                 "convert it to grey")
+            return data, None, 0  # a (Z, H, W) stack
+    if data.ndim == 4 and in_channels > 1:
+        if data.shape[-1] == in_channels:
+            return data, -1, 0
+        if data.shape[1] == in_channels:
+            return data, 1, 0
+    raise ValueError(f"cannot tell the axes of {f.path.name} (shape {data.shape}); pass --channel-axis/--slice-axis")
+
+
+def output_exists(path: str | Path) -> bool:
+    return Path(path).exists()
+
+
+def write_array(path: str | Path, arr: np.ndarray, like: ImageFile | None = None, *, overwrite: bool = False,
+                labels: bool = True) -> Path:
+    """Write labels (or a float map with ``labels=False``) by extension.
+
+    NIfTI: on ``like``'s grid (affine + header) when shapes agree. PNG: 2D only; binary labels
+    are written as {0, 255} to be visible, float maps must be colourised first.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(arr)
+    if labels:
+        arr = arr.astype(np.uint8) if arr.dtype == bool or (arr.size and arr.max() < 256 and arr.min() >= 0) \
+            else arr.astype(np.int32)
+    else:
+        arr = arr.astype(np.float32)
+    suf = matching_suffix(path)
+    if suf in NIFTI:
+        import nibabel as nib
+
+        affine = np.eye(4)
+        header = None
+        if like is not None and like.kind == "nifti":
+            affine = like.meta["affine"]
+            hdr = like.meta["header"]
+            if tuple(hdr.get_data_shape()[: arr.ndim]) == arr.shape:
+                header = hdr.copy()
+        img = nib.Nifti1Image(arr, affine, header=header)
+        img.set_data_dtype(arr.dtype)
+        img.header.set_slope_inter(1, 0)
+        nib.save(img, str(path))
+    elif suf in TIFF:
+        import tifffile
+
+        tifffile.imwrite(str(path), arr)
+    elif suf == ".png":
+        import imageio.v3 as iio
+
+        if arr.ndim not in (2, 3):
+            raise ValueError(f"PNG holds 2D images only; got shape {arr.shape}; use .tif or .nii.gz")
+        if labels and arr.dtype == np.uint8 and arr.max(initial=0) <= 1:
+            arr = arr * 255
+        if not labels:
+            raise ValueError("float maps must be colourised before writing PNG")
+        iio.imwrite(str(path), arr)
+    else:
+        raise ValueError(f"unsupported output type {suf!r}; use .nii.gz, .tif or .png")
+    return path
+
+
+def colorize_signed(m: np.ndarray) -> np.ndarray:
+    """Blue (negative) - white (0) - red (positive) RGB uint8, symmetric around 0."""
+    m = np.asarray(m, dtype=np.float64)
+    lim = np.abs(m).max()
+    t = m / lim if lim > 0 else np.zeros_like(m)
+    pos, neg = np.clip(t, 0, 1), np.clip(-t, 0, 1)
+    r = 1 - neg
+    g = 1 - np.maximum(pos, neg)
+    b = 1 - pos
+    return (np.stack([r, g, b], axis=-1) * 255).round().astype(np.uint8)

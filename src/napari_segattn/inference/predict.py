@@ -1,0 +1,257 @@
+"""Whole-image / whole-volume prediction as plain arrays, one implementation for CLI and GUI.
+
+``iter_predict`` is the generator (yields :class:`PredictProgress`, returns a
+:class:`Prediction`) that napari's ``thread_worker`` wraps; ``predict`` drives it with an
+optional callback. Volumes are cut into 2D slices along ``slice_axis`` and run in batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device
+from .layout import InputError, Layout
+from .masks import binarize, initial_masks
+from .traits import ModelTraits, model_traits, normalize_image, to_probabilities
+
+__all__ = [
+    "Prediction",
+    "PredictProgress",
+    "predict",
+    "iter_predict",
+    "Cancelled",
+    "GPUMemoryError",
+    "prepare_stack",
+    "run_batches",
+    "drive",
+]
+
+
+class Cancelled(Exception):
+    """The caller's cancel flag was set; no partial result is returned."""
+
+
+class GPUMemoryError(RuntimeError):
+    """CUDA ran out of memory; the message says which batch size to try."""
+
+
+@dataclass(frozen=True)
+class PredictProgress:
+    done: int
+    total: int
+    stage: str = "predict"
+
+
+@dataclass
+class Prediction:
+    """Probabilities ``(K, *spatial)`` float32 and labels ``(*spatial)`` in the input's order.
+
+    One-logit models give ``K = 1``: the *foreground* probability (for RFNA already
+    ``1 − sigmoid``), and bool labels ``p > threshold``. Multi-class models give the softmax
+    and ``argmax`` labels (uint8).
+    """
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    model_name: str | None = None
+    reverse_labels: bool = False
+    threshold: float | None = 0.5
+    device: str = "cpu"
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def binary(self) -> bool:
+        return self.probabilities.shape[0] == 1
+
+    @property
+    def foreground(self) -> np.ndarray:
+        """Foreground probability of a binary model."""
+        if not self.binary:
+            raise ValueError("foreground is defined for one-logit (binary) models only")
+        return self.probabilities[0]
+
+
+def _check_finite(image: np.ndarray) -> None:
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        n = int((~np.isfinite(image)).sum())
+        raise InputError(f"the image contains {n} NaN/inf value(s); fill or mask them before predicting")
+
+
+def prepare_stack(
+    traits: ModelTraits,
+    image: np.ndarray,
+    *,
+    channel_axis: int | None = None,
+    slice_axis: int | None = None,
+) -> tuple[Layout, np.ndarray, np.ndarray]:
+    """Validate and reshape: returns the layout, the raw and the normalised ``(Z, C, H, W)``."""
+    image = np.asarray(image)
+    if image.dtype == bool:
+        image = image.astype(np.float32)
+    if image.dtype.kind not in "biuf":
+        raise InputError(f"cannot predict on an array of dtype {image.dtype}")
+    layout = Layout.infer(image.shape, channel_axis=channel_axis, slice_axis=slice_axis,
+                          in_channels=traits.in_channels)
+    _check_finite(image)
+    # the raw stack keeps its dtype: FANet's Otsu mask reads uint8 files as they are
+    raw_cf = layout.channels_first(image)
+    norm_cf = normalize_image(traits, raw_cf, slice_axis=1 + layout.slice_pos if layout.is_volume else None)
+
+    def stack(cf: np.ndarray) -> np.ndarray:
+        return np.moveaxis(cf, 1 + layout.slice_pos, 0) if layout.is_volume else cf[None]
+
+    return layout, stack(raw_cf), np.ascontiguousarray(stack(norm_cf))
+
+
+@contextlib.contextmanager
+def _eval_on(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode + device for the block; the caller's train/eval flag is restored after."""
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _oom_message(batch_size: int) -> str:
+    smaller = max(1, batch_size // 2)
+    return (f"GPU out of memory with batch size {batch_size}; try batch_size={smaller} "
+            f"(CLI: --batch-size {smaller}) or device='cpu'")
+
+
+def run_batches(
+    model: torch.nn.Module,
+    traits: ModelTraits,
+    stack: np.ndarray,
+    masks: np.ndarray | None,
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(slices_done, probabilities (b, K, H, W))`` batch by batch (inference mode)."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    use_amp = bool(amp) and device.type == "cuda"
+    mf = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    n = stack.shape[0]
+    for start in range(0, n, batch_size):
+        if cancel is not None and cancel():
+            raise Cancelled("prediction cancelled")
+        stop = min(n, start + batch_size)
+        try:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                x = torch.from_numpy(stack[start:stop]).to(device).contiguous(memory_format=mf)
+                args = [x]
+                if traits.takes_mask:
+                    m = torch.from_numpy(masks[start:stop].astype(np.float32))[:, None].to(device)
+                    args.append(m)
+                p = to_probabilities(model(*args), traits.reverse_labels)
+                out = p.float().cpu().numpy()
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            raise GPUMemoryError(_oom_message(batch_size)) from None
+        yield stop, out
+
+
+def iter_predict(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    channel_axis: int | None = None,
+    slice_axis: int | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    mask: np.ndarray | str | None = None,
+    threshold: float = 0.5,
+    cancel: Callable[[], bool] | None = None,
+) -> Iterator[PredictProgress]:
+    """Generator form of :func:`predict`: yields progress, *returns* the :class:`Prediction`.
+
+    ``mask`` (FANet only) has the image's spatial shape; ``None`` means the released
+    iteration-0 mask (Otsu, spec 2.7); ``"empty"``/``"full"`` are also accepted.
+    """
+    t0 = time.perf_counter()
+    traits = model_traits(model)
+    layout, raw, stack = prepare_stack(traits, image, channel_axis=channel_axis, slice_axis=slice_axis)
+    masks, mask_source = None, None
+    if traits.takes_mask:
+        if mask is None or isinstance(mask, str):
+            mask_source = mask or "otsu"
+            masks = initial_masks(raw, mask_source)
+        else:
+            mask_source = "given"
+            masks = layout.spatial_to_stack(np.asarray(mask)).astype(bool)
+    elif mask is not None:
+        raise InputError(f"model {traits.name!r} takes no feedback mask")
+    dev = resolve_device(device)
+    n = stack.shape[0]
+    probs = np.empty((n, 1 if traits.binary else traits.out_channels, *stack.shape[2:]), np.float32)
+    yield PredictProgress(0, n)
+    with _eval_on(model, dev):
+        for done, out in run_batches(model, traits, stack, masks, batch_size=batch_size, device=dev,
+                                     amp=amp, cancel=cancel):
+            probs[done - out.shape[0]:done] = out
+            yield PredictProgress(done, n)
+    probabilities = layout.from_stack(probs)
+    if traits.binary:
+        labels = binarize(probabilities[0], threshold)
+    else:
+        labels = probabilities.argmax(axis=0).astype(np.uint8 if traits.out_channels <= 256 else np.int32)
+    return Prediction(
+        probabilities=probabilities,
+        labels=labels,
+        model_name=traits.name,
+        reverse_labels=traits.reverse_labels,
+        threshold=threshold if traits.binary else None,
+        device=str(dev),
+        seconds=time.perf_counter() - t0,
+        info={"slices": n, "batch_size": batch_size, "amp": bool(amp) and dev.type == "cuda",
+              "feedback_mask": mask_source},
+    )
+
+
+def drive(gen, progress: Callable[[PredictProgress], None] | None = None):
+    """Run a progress generator to the end and return its return value."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(ev)
+
+
+def predict(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    *,
+    channel_axis: int | None = None,
+    slice_axis: int | None = None,
+    batch_size: int = 16,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    mask: np.ndarray | str | None = None,
+    threshold: float = 0.5,
+    progress: Callable[[PredictProgress], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Prediction:
+    """Predict a 2D image, a multi-channel image or a whole volume (see :func:`iter_predict`)."""
+    return drive(
+        iter_predict(model, image, channel_axis=channel_axis, slice_axis=slice_axis, batch_size=batch_size,
+                     device=device, amp=amp, mask=mask, threshold=threshold, cancel=cancel),
+        progress,
+    )

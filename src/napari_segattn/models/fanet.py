@@ -1,0 +1,216 @@
+"""FANet: Feedback Attention Network (Tomar et al., TNNLS 2023), as released in nikhilroxtomar/FANet.
+
+The network takes the image and a binary mask from the previous epoch/iteration (Otsu at the
+start); eight MixPool blocks join the mask with a learnt hard-attention map (paper Eq. 1-2,
+Fig. 2). Layer widths and placement follow the released model definition (spec 2.1/2.2), which
+gives the paper's 7.72M parameters (5.76M without MixPool).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import SegmentationModel
+from .recorder import ExposesAttention
+from .registry import register_model
+
+__all__ = ["FANet", "SELayer", "SEResidualBlock", "MixPool"]
+
+MIXPOOL_MODES = ("all", "first_last", "none")
+MASK_GRAD_MODES = ("none", "ste")
+
+
+def _conv_bn(in_c: int, out_c: int, k: int) -> list[nn.Module]:
+    return [nn.Conv2d(in_c, out_c, k, padding=k // 2), nn.BatchNorm2d(out_c)]
+
+
+class SELayer(nn.Module):
+    """Squeeze-and-excitation (Hu et al.): GAP -> FC(C->C/r) -> ReLU -> FC -> sigmoid -> scale."""
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, channels, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.fc(x.mean(dim=(2, 3)))
+        return x * w[:, :, None, None]
+
+
+class SEResidualBlock(nn.Module):
+    """SE-Residual block (paper Fig. 2a).
+
+    Released code: the SE layer sits on the 1x1 *shortcut* branch (not after the second BN of the
+    main branch as drawn) and uses r = C, a one-unit bottleneck (spec 2.8 D1).
+    """
+
+    def __init__(self, in_c: int, out_c: int) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            *_conv_bn(in_c, out_c, 3), nn.ReLU(inplace=True), *_conv_bn(out_c, out_c, 3)
+        )
+        self.shortcut = nn.Sequential(*_conv_bn(in_c, out_c, 1), SELayer(out_c, reduction=out_c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.main(x) + self.shortcut(x))
+
+
+class _HardThresholdSTE(torch.autograd.Function):
+    """Forward: 1[p > 0.5]; backward: identity (straight-through estimator, Bengio et al. 2013)."""
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return (p > 0.5).to(p.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return grad
+
+
+class MixPool(ExposesAttention, nn.Module):
+    """MixPool block (paper Eq. 1-2, Fig. 2b): hard attention F * (M OR M'), concat with F'.
+
+    ``mask_grad="none"`` is the released behaviour: the threshold in Eq. 1 has zero gradient,
+    so the fmask branch (3x3 conv, BN, 1x1 conv) never trains (spec 2.8 D2). ``"ste"`` passes the
+    gradient straight through the threshold and through a differentiable OR
+    (M + M' - M*M', equal to the logical OR on {0,1}) so that the branch learns.
+    The exposed map is the union mask (B x 1 x h x w), the hard attention actually applied.
+    """
+
+    attention_kind = "mixpool"
+
+    def __init__(self, channels: int, mask_grad: str = "none") -> None:
+        super().__init__()
+        if mask_grad not in MASK_GRAD_MODES:
+            raise ValueError(f"mask_grad must be one of {MASK_GRAD_MODES}; got {mask_grad!r}")
+        self.mask_grad = mask_grad
+        half = channels // 2
+        self.fmask = nn.Sequential(
+            *_conv_bn(channels, channels, 3), nn.ReLU(inplace=True), nn.Conv2d(channels, 1, 1)
+        )
+        self.masked_branch = nn.Sequential(*_conv_bn(channels, half, 3), nn.ReLU(inplace=True))
+        self.feature_branch = nn.Sequential(*_conv_bn(channels, half, 3), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        prob = torch.sigmoid(self.fmask(x))
+        # Released code: MaxPool2d(kernel = stride = (H/h, W/w)) of the full-resolution mask.
+        kh, kw = mask.shape[-2] // x.shape[-2], mask.shape[-1] // x.shape[-1]
+        m = F.max_pool2d(mask, kernel_size=(kh, kw), stride=(kh, kw))
+        if self.mask_grad == "ste":
+            m_prime = _HardThresholdSTE.apply(prob)
+            union = m + m_prime - m * m_prime
+        else:
+            m_prime = (prob > 0.5).to(x.dtype)
+            union = torch.logical_or(m_prime > 0, m > 0).to(x.dtype)
+        self.expose(union)
+        return torch.cat([self.masked_branch(x * union), self.feature_branch(x)], dim=1)
+
+
+def _mixpool_at(mode: str) -> list[bool]:
+    """Which of the 8 blocks (e1..e4, d1..d4) carry a MixPool (ablation B1-B4, Table IX)."""
+    if mode == "all":
+        return [True] * 8
+    if mode == "first_last":
+        return [True] + [False] * 6 + [True]
+    if mode == "none":
+        return [False] * 8
+    raise ValueError(f"mixpool must be one of {MIXPOOL_MODES}; got {mode!r}")
+
+
+class _EncoderBlock(nn.Module):
+    def __init__(self, in_c: int, out_c: int, mixpool: bool, mask_grad: str) -> None:
+        super().__init__()
+        self.res = nn.Sequential(SEResidualBlock(in_c, out_c), SEResidualBlock(out_c, out_c))
+        self.mixpool = MixPool(out_c, mask_grad) if mixpool else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        skip = self.res(x)
+        y = self.mixpool(skip, mask) if self.mixpool is not None else skip
+        # skip connections carry the pre-MixPool features (released code)
+        return F.max_pool2d(y, 2), skip
+
+
+class _DecoderBlock(nn.Module):
+    def __init__(self, in_c: int, skip_c: int, out_c: int, mixpool: bool, mask_grad: str) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_c, in_c, kernel_size=4, stride=2, padding=1)
+        self.res = nn.Sequential(SEResidualBlock(in_c + skip_c, out_c), SEResidualBlock(out_c, out_c))
+        self.mixpool = MixPool(out_c, mask_grad) if mixpool else None
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = self.res(torch.cat([self.up(x), skip], dim=1))
+        return self.mixpool(y, mask) if self.mixpool is not None else y
+
+
+@register_model(
+    "fanet",
+    summary="FANet: SE-residual U-Net with 8 MixPool hard-attention blocks fed by the previous mask",
+    paper="Tomar et al., FANet: A Feedback Attention Network for Improved Biomedical Image Segmentation (TNNLS 2023)",
+    defaults={"in_channels": 3, "out_channels": 1},
+    takes_mask=True,
+)
+class FANet(SegmentationModel):
+    """FANet as released; ``forward(image, mask)`` with mask B x 1 x H x W in {0, 1}.
+
+    Options (released behaviour is the default):
+    ``mixpool``: ``"all"`` (B2/B4), ``"first_last"`` (B3: e1 and d4 only), ``"none"`` (B1).
+    The final concat of the input mask before the 1x1 output conv is kept in every mode, as in
+    the released code (it is part of the 5.76M "without MixPool" count).
+    ``mask_grad``: ``"none"`` (released, fmask branch untrained) or ``"ste"``.
+    """
+
+    stride = 16
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 1,
+        mixpool: str = "all",
+        mask_grad: str = "none",
+    ) -> None:
+        super().__init__(in_channels, out_channels)
+        if mask_grad not in MASK_GRAD_MODES:
+            raise ValueError(f"mask_grad must be one of {MASK_GRAD_MODES}; got {mask_grad!r}")
+        at = _mixpool_at(mixpool)
+        self.mixpool_mode = mixpool
+        self.mask_grad = mask_grad
+        enc = [in_channels, 32, 64, 128, 256]
+        self.encoders = nn.ModuleList(
+            _EncoderBlock(enc[i], enc[i + 1], at[i], mask_grad) for i in range(4)
+        )
+        dec = [(256, 256, 128), (128, 128, 64), (64, 64, 32), (32, 32, 16)]
+        self.decoders = nn.ModuleList(
+            _DecoderBlock(i, s, o, at[4 + k], mask_grad) for k, (i, s, o) in enumerate(dec)
+        )
+        self.output = nn.Conv2d(16 + 1, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if mask is None:
+            raise ValueError(
+                "FANet needs the feedback mask: call model(image, mask) with mask of shape "
+                "(B, 1, H, W) in {0, 1} (Otsu mask of the image at the first iteration)"
+            )
+        self._check_input(x)
+        if mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] != x.shape[0] or mask.shape[-2:] != x.shape[-2:]:
+            raise ValueError(
+                f"FANet mask must have shape (B, 1, H, W) = {(x.shape[0], 1, *x.shape[-2:])}; "
+                f"got {tuple(mask.shape)}"
+            )
+        return super().forward(x, mask.to(x.dtype))
+
+    def _forward(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
+        (mask,) = extras
+        skips = []
+        for enc in self.encoders:
+            x, skip = enc(x, mask)
+            skips.append(skip)
+        for dec, skip in zip(self.decoders, reversed(skips)):
+            x = dec(x, skip, mask)
+        return self.output(torch.cat([x, mask], dim=1))

@@ -1,0 +1,546 @@
+"""The one training loop: a generator of progress events with a cancel flag.
+
+The napari widget runs ``Trainer.run()`` in a ``thread_worker`` and the CLI drives it with a
+progress bar; neither has a loop of its own. Model-family rules are hidden here:
+
+* RFNA (``spec.reverse_labels``) is trained on 1 − label (Pay Attention to Mistakes §3.2);
+  validation metrics are reported on the foreground (p < 0.5).
+* FANet (``spec.takes_mask``) gets each sample's stored feedback mask as its second input;
+  the thresholded prediction σ(z) > 0.5 is staged per sample index and committed per
+  ``config.mask_update`` (released: only when validation loss improved, §2.5).
+
+Reproducibility: every epoch re-seeds torch/numpy/random and the data order from
+``(seed, epoch)`` (DistributedSampler with one replica when not distributed), so a run resumed
+from an epoch checkpoint reaches the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from ..devices import resolve_device
+from . import checkpoint as ckpt
+from .events import Cancelled, Checkpoint, EpochStart, Event, Finished, Step, Validation
+from .losses import build_loss
+from .mask_store import MaskStore
+from .recipes import TrainConfig, recipe_for
+
+__all__ = ["Trainer", "TrainingError"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to change."""
+
+
+class Trainer:
+    """Train ``model`` on ``train_ds`` (validating on ``val_ds``) with ``config``.
+
+    ``out_dir``: where ``model.safetensors`` (best by ``config.select_on``) and the resume
+    directory ``last/`` are written; ``None`` writes nothing. ``resume=True`` continues from
+    ``out_dir/last`` if it exists. ``listeners`` are called with every event before it is
+    yielded. ``mask_store``/``val_mask_store`` override FANet's Otsu initial masks.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_ds: Dataset,
+        val_ds: Dataset | None = None,
+        config: TrainConfig | None = None,
+        *,
+        device: str | torch.device = "auto",
+        listeners: Iterable[Callable[[Event], None]] = (),
+        out_dir: str | Path | None = None,
+        resume: bool = False,
+        normalization: dict[str, Any] | None = None,
+        class_names: list[str] | None = None,
+        takes_mask: bool | None = None,
+        reverse_labels: bool | None = None,
+        mask_store: MaskStore | None = None,
+        val_mask_store: MaskStore | None = None,
+    ) -> None:
+        self.model = model
+        self.train_ds = train_ds
+        self.val_ds = val_ds if val_ds is not None and len(val_ds) > 0 else None
+        cfg = getattr(model, "segattn_config", None) or {}
+        self.model_name = cfg.get("name")
+        spec = _spec(self.model_name)
+        self.config = config if config is not None else recipe_for(self.model_name or "")
+        self.takes_mask = bool(getattr(spec, "takes_mask", False)) if takes_mask is None else takes_mask
+        self.reverse_labels = bool(getattr(spec, "reverse_labels", False)) if reverse_labels is None else reverse_labels
+        self.out_channels = int(getattr(model, "out_channels", 1))
+        self.device_name = device
+        self.listeners = list(listeners)
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.resume = resume
+        norm = normalization
+        if norm is None and hasattr(train_ds, "normalization"):
+            n = train_ds.normalization
+            norm = n.to_dict() if hasattr(n, "to_dict") else n
+        self.normalization = norm
+        self.class_names = class_names
+        self.mask_store = mask_store
+        self.val_mask_store = val_mask_store
+        self._cancel = threading.Event()
+        self.history: list[Event] = []
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.best_val_loss: float | None = None
+        self.last_checkpoint: Path | None = None
+        self.model_path: Path | None = None
+
+    # -- control --------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask a running ``run()`` to stop before its next step (thread-safe)."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def fit(self) -> list[Event]:
+        """Run to the end; returns the events."""
+        return list(self.run())
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> Iterator[Event]:
+        cfg = self.config
+        self._setup()
+        start_epoch = self._maybe_resume()
+        steps = len(self.loader)
+        total_steps = max(1, (cfg.epochs - start_epoch) * steps)
+        done = 0
+        t0 = time.perf_counter()
+        for epoch in range(start_epoch, cfg.epochs):
+            self._seed_epoch(epoch)
+            self.sampler.set_epoch(epoch)
+            yield self._emit(EpochStart(epoch, cfg.epochs, steps, self._lr()))
+            self.model.train()
+            for step, batch in enumerate(self.loader):
+                if self._cancel.is_set():
+                    yield self._emit(Cancelled(epoch, step, self.last_checkpoint))
+                    return
+                lr = self._lr()
+                loss = self._train_step(batch, epoch, step, steps)
+                done += 1
+                eta = (time.perf_counter() - t0) / done * (total_steps - done)
+                yield self._emit(Step(epoch, step, loss, lr, eta, steps))
+            if self._cancel.is_set():
+                yield self._emit(Cancelled(epoch, steps, self.last_checkpoint))
+                return
+            yield from self._end_epoch(epoch)
+        yield self._emit(Finished(cfg.epochs, self.best_epoch, self.best_score, self.model_path))
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg = self.config
+        self._cancel.clear()
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = torch.distributed.get_rank() if self.distributed else 0
+        self.world = torch.distributed.get_world_size() if self.distributed else 1
+        self.device = resolve_device(self.device_name)
+        if self.distributed and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        torch.manual_seed(cfg.seed)
+        if cfg.deterministic:
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        cuda = self.device.type == "cuda"
+        self.net = self.model.to(self.device)
+        if cuda and cfg.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype is torch.float16)
+        self.loss_fn = build_loss(cfg.loss, self.out_channels, **cfg.loss_options)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        if cfg.scheduler == "multistep":
+            self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, cfg.resolved_milestones(), gamma=cfg.gamma)
+        elif cfg.scheduler == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="min", patience=cfg.plateau_patience, factor=cfg.plateau_factor
+            )
+        else:
+            self.scheduler = None
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
+        else:
+            self.ddp = self.model
+        # One sampler for both cases: the permutation depends only on (seed, epoch).
+        self.sampler = DistributedSampler(
+            self.train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=False
+        )
+        bs = cfg.batch_size
+        if cfg.drop_last and len(self.sampler) < bs:
+            raise TrainingError(
+                f"batch size {bs} with drop_last leaves no batch: only {len(self.sampler)} training sample(s)"
+                + (" on this rank" if self.distributed else "")
+            )
+        self.loader = DataLoader(
+            self.train_ds, batch_size=bs, sampler=self.sampler, drop_last=cfg.drop_last,
+            num_workers=cfg.num_workers, pin_memory=cuda,
+        )
+        self.val_loader = (
+            DataLoader(self.val_ds, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.num_workers)
+            if self.val_ds is not None
+            else None
+        )
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if self.takes_mask:
+            if self.mask_store is None:
+                self.mask_store = MaskStore.initial(self.train_ds)
+            if self.val_ds is not None and self.val_mask_store is None:
+                self.val_mask_store = MaskStore.initial(self.val_ds)
+            # The data set reads the current masks from the store, so it can augment them with
+            # the sample when built with augment_feedback=True (released: not augmented, D4).
+            for ds, store in ((self.train_ds, self.mask_store), (self.val_ds, self.val_mask_store)):
+                if ds is not None and store is not None and hasattr(ds, "feedback"):
+                    ds.feedback = store.get
+
+    def _seed_epoch(self, epoch: int) -> None:
+        s = (self.config.seed * 1_000_003 + epoch) % (2**32)
+        torch.manual_seed(s)
+        np.random.seed(s)
+        random.seed(s)
+        for ds in (self.train_ds, self.val_ds):
+            # SegmentationDataset draws augmentation from default_rng((seed, epoch, index, ...)).
+            if ds is not None and hasattr(ds, "set_epoch"):
+                ds.set_epoch(epoch)
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # -- one step -------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _inputs(self, batch: dict[str, Any], store: MaskStore | None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
+        nb = self.device.type == "cuda"
+        x = batch["image"].to(self.device, non_blocking=nb).float()
+        if self.device.type == "cuda" and self.config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = batch["label"].to(self.device, non_blocking=nb).long()
+        extras: tuple[torch.Tensor, ...] = ()
+        if self.takes_mask:
+            if "feedback" in batch:
+                extras = (batch["feedback"].to(self.device, non_blocking=nb).float(),)
+            elif store is not None:
+                idx = batch["index"].tolist()
+                m = np.stack([store.get(i) for i in idx])[:, None].astype(np.float32)
+                if m.shape[-2:] != tuple(x.shape[-2:]):
+                    raise TrainingError(
+                        f"stored feedback masks are {m.shape[-2:]} but images are {tuple(x.shape[-2:])}; "
+                        "FANet needs fixed-size samples (no random crops)"
+                    )
+                extras = (torch.from_numpy(m).to(self.device),)
+            else:
+                raise TrainingError("a feedback model needs masks: the batch has no 'feedback' and there is no mask store")
+        return x, extras, y
+
+    def _target(self, y: torch.Tensor) -> torch.Tensor:
+        if self.out_channels == 1:
+            fg = (y > 0).long()
+            return 1 - fg if self.reverse_labels else fg
+        return y
+
+    def _foreground(self, logits: torch.Tensor) -> torch.Tensor:
+        """Predicted labels (B×H×W int64) in the user's convention (RFNA: p < 0.5 is foreground)."""
+        if self.out_channels == 1:
+            p = torch.sigmoid(logits[:, 0].float())
+            return ((p < 0.5) if self.reverse_labels else (p > 0.5)).long()
+        return logits.argmax(1)
+
+    def _train_step(self, batch: dict[str, Any], epoch: int, step: int, steps: int) -> float:
+        cfg = self.config
+        bs = int(batch["image"].shape[0])
+        try:
+            x, extras, y = self._inputs(batch, self.mask_store)
+            with self._autocast():
+                logits = self.ddp(x, *extras)
+            loss = self.loss_fn(logits.float(), self._target(y))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        except torch.cuda.OutOfMemoryError as exc:
+            self.optimizer.zero_grad(set_to_none=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            smaller = max(1, bs // 2)
+            where = f"; the last good checkpoint {self.last_checkpoint} is intact" if self.last_checkpoint else ""
+            raise TrainingError(
+                f"GPU out of memory at batch size {bs} (image {tuple(batch['image'].shape[-2:])}); "
+                f"try --batch-size {smaller}, smaller images, or --device cpu{where}"
+            ) from exc
+        if epoch < cfg.warmup_epochs:
+            # RFNA sawtooth warm-up as released (NNTrain.py): set after the step, so step 0 of
+            # epoch 0 uses lr0 and the lr ramps 0→lr0 within each warm-up epoch.
+            for g, lr0 in zip(self.optimizer.param_groups, self.base_lrs):
+                g["lr"] = lr0 * step / steps
+        if self.takes_mask and self.mask_store is not None:
+            with torch.no_grad():
+                pred = self._mask_from_logits(logits)
+            for i, m in zip(batch["index"].tolist(), pred):
+                self.mask_store.stage(i, m)
+        return float(loss.detach())
+
+    def _mask_from_logits(self, logits: torch.Tensor) -> np.ndarray:
+        # FANet stores σ(z) > 0.5 (train.py); for a multi-class feedback model, argmax > 0.
+        if logits.shape[1] == 1:
+            return (torch.sigmoid(logits[:, 0].float()) > 0.5).cpu().numpy()
+        return (logits.argmax(1) > 0).cpu().numpy()
+
+    # -- validation, masks, checkpoints ---------------------------------------------------
+    @torch.no_grad()
+    def _validate(self) -> tuple[float, dict[str, Any]]:
+        self.model.eval()
+        total, n = 0.0, 0
+        per_image: list[dict[str, Any]] = []
+        for batch in self.val_loader:
+            x, extras, y = self._inputs(batch, self.val_mask_store)
+            with self._autocast():
+                logits = self.model(x, *extras)
+            b = x.shape[0]
+            total += float(self.loss_fn(logits.float(), self._target(y))) * b
+            n += b
+            pred = self._foreground(logits).cpu().numpy()
+            gt = y.cpu().numpy()
+            for p, g in zip(pred, gt):
+                per_image.append(_image_metrics(p, g, self.out_channels))
+            if self.takes_mask and self.val_mask_store is not None:
+                for i, m in zip(batch["index"].tolist(), self._mask_from_logits(logits)):
+                    self.val_mask_store.stage(i, m)
+        self.model.train()
+        return total / max(n, 1), _mean_metrics(per_image)
+
+    def _score(self, val_loss: float, metrics: dict[str, Any]) -> float:
+        """Higher is better."""
+        cfg = self.config
+        if cfg.select_on == "val_loss":
+            return -val_loss
+        if cfg.select_class is not None and f"dice_class_{cfg.select_class}" in metrics:
+            return float(metrics[f"dice_class_{cfg.select_class}"])
+        return float(metrics.get("dice", float("nan")))
+
+    def _end_epoch(self, epoch: int) -> Iterator[Event]:
+        cfg = self.config
+        improved = True
+        committed = False
+        if self.val_loader is not None:
+            val_loss, metrics = self._validate()
+            score = self._score(val_loss, metrics)
+            improved = self.best_score is None or score > self.best_score
+            loss_improved = self.best_val_loss is None or val_loss < self.best_val_loss
+            if loss_improved:
+                self.best_val_loss = val_loss
+            if improved:
+                self.best_score, self.best_epoch = score, epoch
+        else:
+            val_loss, metrics, loss_improved = float("nan"), {}, True
+            self.best_epoch = epoch
+        if self.takes_mask:
+            if self.distributed:
+                _gather_staged(self.mask_store, self.device)
+            if cfg.mask_update == "every_epoch" or loss_improved:
+                for s in (self.mask_store, self.val_mask_store):
+                    if s is not None:
+                        s.commit()
+                committed = True
+            else:
+                for s in (self.mask_store, self.val_mask_store):
+                    if s is not None:
+                        s.discard()
+        if self.val_loader is not None:
+            yield self._emit(Validation(epoch, val_loss, metrics, improved, committed))
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            if self.val_loader is not None:
+                self.scheduler.step(val_loss)
+        elif self.scheduler is not None:
+            self.scheduler.step()
+        if self.out_dir is not None and self.rank == 0:
+            if improved:
+                self.model_path = self._save_model(self.out_dir / "model.safetensors", epoch)
+                yield self._emit(Checkpoint(self.model_path, epoch, "best"))
+            self.last_checkpoint = ckpt.write_state_dir(self.out_dir, lambda d: self._write_state(d, epoch))
+            yield self._emit(Checkpoint(self.last_checkpoint, epoch, "last"))
+
+    def _save_model(self, path: Path, epoch: int) -> Path:
+        from ..models.io import save_model
+
+        return save_model(
+            self.model, path, normalization=self.normalization, class_names=self.class_names,
+            extra={"training": {"epoch": epoch, "recipe": self.config.recipe, "reverse_labels": self.reverse_labels}},
+        )
+
+    def _write_state(self, d: Path, epoch: int) -> None:
+        self._save_model(d / "model.safetensors", epoch)
+        tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
+        for key, store in (("masks_train", self.mask_store), ("masks_val", self.val_mask_store)):
+            if store is not None:
+                for k, v in store.state_dict().items():
+                    tensors[f"{key}/{k}"] = torch.from_numpy(np.ascontiguousarray(v))
+        meta = {
+            "format": "napari-segattn/training-state-v1",
+            "epoch": epoch,
+            "config": self.config.to_dict(),
+            "optimizer": opt_meta,
+            "scheduler": ckpt.jsonable(self.scheduler.state_dict()) if self.scheduler is not None else None,
+            "scaler": ckpt.jsonable(self.scaler.state_dict()),
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_val_loss,
+            "base_lrs": self.base_lrs,
+        }
+        ckpt.save_state(d, tensors, meta)
+
+    def _maybe_resume(self) -> int:
+        if not self.resume or self.out_dir is None:
+            return 0
+        d = ckpt.find_state_dir(self.out_dir)
+        if d is None:
+            return 0
+        from safetensors.torch import load_file
+
+        tensors, meta = ckpt.read_state(d)
+        if meta.get("format") != "napari-segattn/training-state-v1":
+            raise TrainingError(f"{d}: not a napari-segattn training state (format {meta.get('format')!r})")
+        try:
+            self.model.load_state_dict(load_file(str(d / "model.safetensors"), device=str(self.device)))
+        except RuntimeError as exc:
+            raise TrainingError(f"cannot resume from {d}: its weights do not fit this model ({exc})") from None
+        self.optimizer.load_state_dict(ckpt.unflatten_optimizer(tensors, meta["optimizer"]))
+        if self.scheduler is not None and meta.get("scheduler") is not None:
+            sd = dict(meta["scheduler"])
+            if hasattr(self.scheduler, "milestones"):
+                sd["milestones"] = self.scheduler.milestones
+            self.scheduler.load_state_dict(sd)
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        for key, store in (("masks_train", self.mask_store), ("masks_val", self.val_mask_store)):
+            arrays = {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith(key + "/")}
+            if store is not None and arrays:
+                store.load_state_dict(arrays)
+        self.best_score, self.best_epoch = meta.get("best_score"), meta.get("best_epoch")
+        self.best_val_loss = meta.get("best_val_loss")
+        self.base_lrs = meta.get("base_lrs", self.base_lrs)
+        self.last_checkpoint = d
+        if (self.out_dir / "model.safetensors").exists():
+            self.model_path = self.out_dir / "model.safetensors"
+        return int(meta["epoch"]) + 1
+
+    def _emit(self, event: Event) -> Event:
+        self.history.append(event)
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _spec(name: str | None):
+    if not name:
+        return None
+    from ..models.registry import get_spec
+
+    try:
+        return get_spec(name)
+    except KeyError:
+        return None
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or amp == "off":
+        return None  # autocast only on CUDA: CPU/MPS bf16 gains little and changes numerics
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _image_metrics(pred: np.ndarray, gt: np.ndarray, out_channels: int) -> dict[str, Any]:
+    """Flat per-image metrics: binary as they are; multi-class the class mean plus per-class Dice/IoU."""
+    from ..metrics import binary_metrics, segmentation_metrics
+
+    if out_channels == 1:
+        return binary_metrics(pred > 0, gt > 0)
+    res = segmentation_metrics(pred, gt, out_channels)
+    out = dict(res["mean"])
+    for k, v in res.items():
+        if k.startswith("class_"):
+            out[f"dice_{k}"] = v["dice"]
+            out[f"iou_{k}"] = v["iou"]
+    return out
+
+
+def _mean_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over images of every numeric metric (per image, then averaged, as FANet)."""
+    out: dict[str, Any] = {}
+    # NaN marks a metric undefined on an image (e.g. precision with no prediction); the mean
+    # skips it and is NaN only when it is undefined on every image.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for k, v in (rows[0].items() if rows else ()):
+            vals = np.asarray([r.get(k) for r in rows], dtype=np.float64) if _numeric(v) else None
+            if vals is not None:
+                m = np.nanmean(vals, axis=0)
+                out[k] = float(m) if m.ndim == 0 else m.tolist()
+    return out
+
+
+def _numeric(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float, np.floating, np.integer)):
+        return True
+    return isinstance(v, (list, tuple, np.ndarray)) and np.asarray(v).dtype.kind in "fiu"
+
+
+def _gather_staged(store: MaskStore | None, device: torch.device) -> None:
+    """All ranks exchange their staged masks so each holds every global sample index."""
+    import torch.distributed as dist
+
+    if store is None:
+        return
+    flat: list[int] = []
+    for i, ((h, w), runs) in store.staged_codes().items():
+        flat += [i, h, w, len(runs), *runs.tolist()]
+    # NCCL only moves CUDA tensors; gloo takes CPU ones.
+    dev = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    local = torch.tensor(flat, dtype=torch.int64, device=dev)
+    size = torch.tensor([local.numel()], dtype=torch.int64, device=dev)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    m = int(max(s.item() for s in sizes))
+    padded = torch.zeros(m, dtype=torch.int64, device=dev)
+    padded[: local.numel()] = local
+    bufs = [torch.zeros(m, dtype=torch.int64, device=dev) for _ in sizes]
+    dist.all_gather(bufs, padded)
+    codes = {}
+    for buf, s in zip(bufs, sizes):
+        a = buf[: int(s.item())].cpu().numpy()
+        k = 0
+        while k < len(a):
+            i, h, w, n = (int(v) for v in a[k : k + 4])
+            codes[i] = ((h, w), a[k + 4 : k + 4 + n].copy())
+            k += 4 + n
+    store.stage_codes(codes)

@@ -1,0 +1,192 @@
+"""The papers' training settings per model family, as one overridable ``TrainConfig``.
+
+Values are the released code's (reference-implementations.md §1.5, §2.4–2.5, §5.3) where it
+exists; the Feedback Attention paper (Tsuda et al.) has no code and states only the loss.
+Override any field with ``dataclasses.replace(recipe_for(name), epochs=5)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrainConfig", "recipe_for", "build_augmenter", "RECIPES", "PAM_MODELS"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    recipe: str = "generic"
+    epochs: int = 100
+    batch_size: int = 4
+    val_batch_size: int = 1
+    drop_last: bool = False
+    # optimiser
+    optimizer: str = "adam"  # adam | adamw
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip_norm: float | None = None
+    # schedule
+    scheduler: str = "none"  # none | multistep | plateau
+    milestones: tuple[int, ...] | None = None  # None: [epochs//2, 3*epochs//4] (NNTrain.py)
+    gamma: float = 0.1
+    plateau_patience: int = 5
+    plateau_factor: float = 0.1
+    # RFNA sawtooth warm-up (NNTrain.py): for epochs < warmup_epochs, after optimiser step j
+    # lr := lr0 * j / steps_per_epoch. 0 = off.
+    warmup_epochs: int = 0
+    # loss
+    loss: str = "dice"  # see losses.LOSSES
+    loss_options: dict[str, Any] = field(default_factory=dict)
+    # augmentation: none | flip (PAM 'all_flip') | fanet (rotate/flip/dropout, p 0.3)
+    augment: str = "flip"
+    tv_alpha: float | None = None  # TV-smoothing augmentation (Attention Shift), None = off
+    # FANet feedback masks: "on_improvement" (released: replaced only when val loss improves)
+    # or "every_epoch".
+    mask_update: str = "on_improvement"
+    # model selection for model.safetensors: val_loss (min) or dice (max; FU-net: class 1)
+    select_on: str = "val_loss"
+    select_class: int | None = None
+    # run
+    seed: int = 0
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off elsewhere) | bf16 | fp16 | off
+    channels_last: bool = True  # CUDA only
+    num_workers: int = 0
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        # JSON turns tuples into lists; keep the dataclass hashable and comparable.
+        object.__setattr__(self, "betas", tuple(self.betas))
+        if self.milestones is not None:
+            object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        checks = {
+            "optimizer": ("adam", "adamw"),
+            "scheduler": ("none", "multistep", "plateau"),
+            "augment": ("none", "flip", "fanet"),
+            "mask_update": ("on_improvement", "every_epoch"),
+            "select_on": ("val_loss", "dice"),
+            "amp": ("auto", "bf16", "fp16", "off"),
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; choose from {allowed}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+
+    def resolved_milestones(self) -> list[int]:
+        if self.milestones is not None:
+            return list(self.milestones)
+        return [self.epochs // 2, 3 * self.epochs // 4]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        d["milestones"] = None if self.milestones is None else list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+        return cls(**d)
+
+
+# Pay Attention to Mistakes (NNTrain.py, exps/*.py): every BRATS baseline shares this.
+_PAM = TrainConfig(
+    recipe="pam",
+    epochs=100,
+    batch_size=4,
+    drop_last=True,
+    optimizer="adamw",
+    lr=1e-2,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=1e-5,
+    scheduler="multistep",
+    gamma=0.1,
+    loss="dice",
+    augment="flip",
+    seed=0,
+)
+
+RECIPES: dict[str, TrainConfig] = {
+    "pam": _PAM,
+    # RFNA: reversed labels (engine) + the sawtooth warm-up of 'fn' experiments.
+    "rfna": dataclasses.replace(_PAM, recipe="rfna", warmup_epochs=10),
+    # FANet train.py: Adam 1e-4, plateau(5) on val loss, batch 2, 500 epochs, seed 42.
+    "fanet": TrainConfig(
+        recipe="fanet",
+        epochs=500,
+        batch_size=2,
+        optimizer="adam",
+        lr=1e-4,
+        scheduler="plateau",
+        plateau_patience=5,
+        plateau_factor=0.1,
+        loss="bce_dice",
+        augment="fanet",
+        mask_update="on_improvement",
+        seed=42,
+    ),
+    # FU-net main_unet2d.py: Adam 1e-3 constant, global-norm clip 5, batch 2, 500 epochs,
+    # no augmentation, checkpoint on class-1 Dice.
+    "brunet": TrainConfig(
+        recipe="brunet",
+        epochs=500,
+        batch_size=2,
+        optimizer="adam",
+        lr=1e-3,
+        grad_clip_norm=5.0,
+        loss="feedback_ce",
+        loss_options={"beta": 3.0, "op": 100.0, "detach_weight": False},
+        augment="none",
+        select_on="dice",
+        select_class=1,
+    ),
+    # Feedback Attention (Tsuda et al.): the paper states only "softmax cross-entropy" (§3.1)
+    # and 256×256 crops; optimiser, lr, batch and epochs are not given and there is no code.
+    # We use Adam 1e-3, batch 2, 100 epochs [our choice, not the paper's].
+    "fbunet": TrainConfig(
+        recipe="fbunet",
+        epochs=100,
+        batch_size=2,
+        optimizer="adam",
+        lr=1e-3,
+        loss="ce",
+        augment="flip",
+    ),
+}
+
+PAM_MODELS = ("unet", "wunet", "d6unet", "d9unet", "aunet", "cscunet", "cbamunet", "gcnunet", "fpa")
+
+
+def recipe_for(model_name: str) -> TrainConfig:
+    """The paper recipe of ``model_name`` (a generic Adam/Dice config for unknown models)."""
+    if model_name in PAM_MODELS:
+        return RECIPES["pam"]
+    if model_name in RECIPES:
+        return RECIPES[model_name]
+    return TrainConfig()
+
+
+def build_augmenter(config: TrainConfig):
+    """The recipe's augmentation as a ``data.Augmenter`` (``None`` for none).
+
+    ``flip``: FPA's 'all_flip'. ``fanet``: flips and ±35° rotation, each with p 0.3 (FANet
+    train.py; its CoarseDropout is not reproduced). ``tv_alpha`` adds TV smoothing.
+    The data set owns augmentation: pass this to the data set's ``augmenter``.
+    """
+    from ..data import Augmenter
+
+    if config.augment == "none" and config.tv_alpha is None:
+        return None
+    kw: dict[str, Any] = {"flip": config.augment != "none"}
+    if config.augment == "fanet":
+        kw.update(p_flip=0.3, rotate=35.0, p_rotate=0.3)
+    if config.tv_alpha is not None:
+        kw["tv_alpha"] = config.tv_alpha
+    return Augmenter(**kw)

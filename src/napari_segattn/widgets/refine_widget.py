@@ -1,0 +1,229 @@
+"""Predict & refine widget: predict a slice or volume; step FANet's feedback loop, with the
+user's painted corrections fed back, every iteration kept on a scrub-able iteration axis."""
+
+from __future__ import annotations
+
+import threading
+
+import napari
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, RadioButtons, SpinBox
+from napari.utils.notifications import show_error, show_info
+
+from .inputs import InputError, gather_input
+from .layers import place_slice, upsert_layer
+from .plot import LivePlot
+from .state import get_state
+from .workers import run_in_worker
+
+__all__ = ["PredictRefineWidget"]
+
+INIT_CHOICES = ["otsu", "empty", "full"]
+
+
+class PredictRefineWidget(Container):
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self.scope = RadioButtons(label="run on", choices=["current slice", "whole volume"], value="current slice",
+                                  orientation="horizontal")
+        self.batch_size = SpinBox(label="batch size", value=16, min=1, max=1024)
+        self.predict_button = PushButton(text="Predict")
+        self.init = ComboBox(label="initial mask", choices=INIT_CHOICES, value="otsu")
+        self.max_iters = SpinBox(label="max iterations", value=10, min=1, max=100)
+        self.tol = FloatSpinBox(label="stop when changed <", value=0.0, min=0.0, max=1.0, step=0.001)
+        self.step_button = PushButton(text="Step")
+        self.run_button = PushButton(text="Run to convergence")
+        self.reset_button = PushButton(text="Reset")
+        self.cancel_button = PushButton(text="Cancel")
+        self.show_probs = CheckBox(label="show probabilities", value=True)
+        self.status = Label(value="")
+        self.extend([self.scope, self.batch_size, self.predict_button, self.init, self.max_iters, self.tol,
+                     self.step_button, self.run_button, self.reset_button, self.cancel_button, self.show_probs,
+                     self.status])
+        self.plot = LivePlot("Dice per iteration")
+        self.native.layout().addWidget(self.plot)
+        self._cancel = threading.Event()
+        self._context = None  # ModelInput of the current refinement
+        self._worker = None
+        self.predict_button.changed.connect(self.predict)
+        self.step_button.changed.connect(lambda *_: self.refine(max_iters=1, tol=None))
+        self.run_button.changed.connect(lambda *_: self.refine(max_iters=int(self.max_iters.value), tol=float(self.tol.value)))
+        self.reset_button.changed.connect(self.reset)
+        self.cancel_button.changed.connect(lambda *_: self._cancel.set())
+        self.state.model_changed.connect(self._model_changed)
+        self.state.busy_changed.connect(self._busy_changed)
+        for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            ev.connect(self._refresh_inits)
+        self._refresh_inits()
+        self._model_changed(self.state.loaded)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _refresh_inits(self, *_):
+        keep = self.init.value
+        labels = [l.name for l in self.viewer.layers if l._type_string == "labels" and not l.metadata.get("segattn")]
+        self.init.choices = INIT_CHOICES + [f"layer: {n}" for n in labels]
+        if keep in self.init.choices:
+            self.init.value = keep
+
+    def _model_changed(self, loaded):
+        takes_mask = bool(loaded and loaded.takes_mask)
+        for w in (self.init, self.max_iters, self.tol, self.step_button, self.run_button, self.reset_button):
+            w.enabled = takes_mask
+        self.state.set_refiner(None)
+        self._context = None
+        self.status.value = "" if loaded is None else (
+            "FANet: choose the initial mask, then Step / Run" if takes_mask else f"{loaded.name}: Predict")
+
+    def _busy_changed(self, busy: bool):
+        for w in (self.predict_button, self.step_button, self.run_button, self.reset_button):
+            w.enabled = not busy and (w is self.predict_button or bool(self.state.loaded and self.state.loaded.takes_mask))
+
+    def _input(self):
+        if self.state.loaded is None:
+            raise InputError("load or build a model in the Model widget first")
+        imgs, gt = self.state.input_layers(self.viewer)
+        scope = "volume" if self.scope.value == "whole volume" else "slice"
+        return gather_input(self.viewer, imgs, gt, scope=scope)
+
+    @staticmethod
+    def _core_layout(inp):
+        # ModelInput.image is (C,H,W) or (Z,C,H,W)
+        return {"channel_axis": 1 if inp.is_volume else 0, "slice_axis": 0 if inp.is_volume else None}
+
+    def _spatial_geometry(self, inp, leading: int = 0):
+        """scale/translate for a result of the input's spatial shape, plus ``leading`` new axes."""
+        n = 3 if inp.is_volume else 2
+        scale, translate = list(inp.scale[-n:]), list(inp.translate[-n:])
+        return {"scale": [1.0] * leading + scale, "translate": [0.0] * leading + translate}
+
+    # -- predict ---------------------------------------------------------------------------
+    def predict(self, *_):
+        from ..inference import iter_predict
+
+        try:
+            inp = self._input()
+        except InputError as exc:
+            show_error(str(exc))
+            return None
+        loaded = self.state.loaded
+        mask = None
+        if loaded.takes_mask:
+            mask = self._initial_mask(inp)
+        self._cancel.clear()
+        self.state.busy = True
+        self.status.value = "predicting..."
+        n = inp.image.shape[0] if inp.is_volume else 1
+        return self._start(
+            iter_predict, loaded.model, inp.image, **self._core_layout(inp), batch_size=int(self.batch_size.value),
+            device=self.state.device, mask=mask, cancel=self._cancel.is_set,
+            on_return=lambda pred: self._show_prediction(inp, pred), desc="predict", total=0,
+        ) if n else None
+
+    def _start(self, func, *args, on_return=None, desc="working", total=0, on_yield=None, **kwargs):
+        def finish():
+            self.state.busy = False
+            self._worker = None
+
+        self._worker = run_in_worker(func, *args, on_yield=on_yield, on_return=on_return, on_finish=finish,
+                                     desc=desc, total=total, **kwargs)
+        return self._worker
+
+    def _show_prediction(self, inp, pred):
+        name = "prediction"
+        labels = pred.labels.astype(np.uint8)
+        existing = self.viewer.layers[name].data if name in self.viewer.layers else None
+        full = place_slice(inp.layer_shape, inp.slice_index, labels, existing if inp.slice_index is not None else None)
+        geom = {"scale": inp.scale, "translate": inp.translate}
+        upsert_layer(self.viewer, "labels", full, name, opacity=0.5, **geom)
+        if self.show_probs.value and pred.binary:
+            prob = place_slice(inp.layer_shape, inp.slice_index, pred.foreground.astype(np.float32))
+            upsert_layer(self.viewer, "image", prob, "probability", colormap="magma", blending="additive",
+                         opacity=0.6, contrast_limits=(0.0, 1.0), **geom)
+        self.status.value = f"predicted in {pred.seconds:.2f} s on {pred.device}"
+        self.last_prediction = pred
+        return pred
+
+    # -- refine ----------------------------------------------------------------------------
+    def _initial_mask(self, inp):
+        choice = self.init.value
+        if choice in INIT_CHOICES:
+            return choice
+        layer = self.viewer.layers[choice.removeprefix("layer: ")]
+        data = np.asarray(layer.data)
+        if inp.slice_index is not None and data.ndim == 3:
+            data = data[inp.slice_index]
+        if data.shape != inp.image.shape[-2:] and not inp.is_volume:
+            raise InputError(f"mask layer {layer.name!r} has shape {data.shape}, image slice is {inp.image.shape[-2:]}")
+        return data > 0
+
+    def ensure_refiner(self):
+        from ..inference import FANetRefiner
+
+        if self.state.refiner is not None:
+            return self.state.refiner
+        inp = self._input()
+        loaded = self.state.loaded
+        refiner = FANetRefiner(loaded.model, inp.image, init=self._initial_mask(inp), ground_truth=inp.ground_truth,
+                               device=self.state.device, batch_size=int(self.batch_size.value),
+                               **self._core_layout(inp))
+        self._context = inp
+        self.state.set_refiner(refiner)
+        self.plot.clear()
+        self._show_history()
+        return refiner
+
+    def _feedback_layer_name(self) -> str:
+        return "feedback mask (paint, then Step)"
+
+    def refine(self, max_iters: int, tol):
+        try:
+            refiner = self.ensure_refiner()
+        except (InputError, ValueError) as exc:
+            show_error(str(exc))
+            return None
+        # A correction painted on the feedback layer since the last step becomes the next feedback.
+        name = self._feedback_layer_name()
+        if name in self.viewer.layers:
+            painted = np.asarray(self.viewer.layers[name].data) > 0
+            if painted.shape == refiner.current_mask.shape and not np.array_equal(painted, refiner.current_mask):
+                refiner.set_mask(painted)
+                show_info("your painted correction is fed back in the next step")
+        self._cancel.clear()
+        self.state.busy = True
+        self.status.value = "refining..."
+        return self._start(refiner.iter_run, max_iters, tol, self._cancel.is_set,
+                           on_yield=lambda res: self._show_history(), desc="FANet refinement", total=max_iters)
+
+    def reset(self, *_):
+        if self.state.refiner is not None:
+            self.state.refiner.reset()
+            self.plot.clear()
+            self._show_history()
+
+    def _show_history(self):
+        refiner, inp = self.state.refiner, self._context
+        if refiner is None or inp is None:
+            return
+        masks = [refiner.initial_mask] + [r.mask for r in refiner.history]
+        stack = np.stack(masks).astype(np.uint8)
+        geom = self._spatial_geometry(inp, leading=1)
+        upsert_layer(self.viewer, "labels", stack, "refinement (0 = initial mask)", opacity=0.5,
+                     metadata={"iteration_axis": 0}, **geom)
+        if self.show_probs.value and refiner.history:
+            probs = np.stack([np.zeros_like(refiner.history[0].probabilities)] + [r.probabilities for r in refiner.history])
+            upsert_layer(self.viewer, "image", probs, "refinement probability", colormap="magma", blending="additive",
+                         opacity=0.5, contrast_limits=(0.0, 1.0), **geom)
+        # jump the dims slider to the newest iteration
+        step = list(self.viewer.dims.current_step)
+        step[0] = len(masks) - 1 if self.viewer.dims.ndim == stack.ndim else step[0]
+        self.viewer.dims.current_step = tuple(step)
+        upsert_layer(self.viewer, "labels", refiner.current_mask.astype(np.uint8), self._feedback_layer_name(),
+                     opacity=0.4, **self._spatial_geometry(inp))
+        dice = [r.metrics.get("dice") for r in refiner.history if r.metrics]
+        if dice:
+            self.plot.set_series("dice", dice)
+        last = refiner.history[-1] if refiner.history else None
+        self.status.value = (f"{len(refiner.history)} iteration(s); last changed {last.changed_fraction:.4%}"
+                             + (f", Dice {last.metrics['dice']:.4f}" if last and last.metrics else "")) if last else "initial mask"

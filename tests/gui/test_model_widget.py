@@ -1,0 +1,63 @@
+"""Model widget: pick layers, build or load a model, bad checkpoints leave the state untouched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def viewer_with_sample(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-segattn", "dsb2018_nuclei")
+    return viewer
+
+
+def test_build_uses_layer_channels_and_sets_shared_state(viewer_with_sample):
+    from napari_segattn.widgets import ModelWidget
+    from napari_segattn.widgets.state import get_state
+
+    w = ModelWidget(viewer_with_sample)
+    assert w.image_select.value == ["dsb2018_nuclei"]
+    assert w.gt_combo.value == "dsb2018_nuclei_gt"
+    w.arch.value = "fanet"
+    w.options.value = '{"in_channels": 1}'
+    w.build_button.clicked.emit()
+    state = get_state(viewer_with_sample)
+    assert state.loaded is not None and state.loaded.name == "fanet" and state.loaded.takes_mask
+    assert state.loaded.model.in_channels == 1
+    assert "parameters" in w.info.value
+    assert state.image_layer_names == ["dsb2018_nuclei"] and state.gt_layer_name == "dsb2018_nuclei_gt"
+
+
+def test_bad_options_and_bad_checkpoint_keep_previous_model(viewer_with_sample, tmp_path):
+    from napari_segattn.widgets import ModelWidget
+    from napari_segattn.widgets.state import get_state
+
+    w = ModelWidget(viewer_with_sample)
+    w.arch.value = "unet"
+    w.build_button.clicked.emit()
+    before = get_state(viewer_with_sample).loaded
+    w.options.value = '{"no_such_option": 3}'
+    w.build_button.clicked.emit()
+    assert get_state(viewer_with_sample).loaded is before
+    assert "error" in w.status.value
+    bad = tmp_path / "broken.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    assert w.load(path=str(bad)) is None
+    assert get_state(viewer_with_sample).loaded is before
+    assert "not a readable safetensors" in w.status.value
+
+
+def test_load_checkpoint_shows_config(viewer_with_sample, tmp_path):
+    from napari_segattn.models import build_model, save_model
+    from napari_segattn.widgets import ModelWidget
+    from napari_segattn.widgets.state import get_state
+
+    path = save_model(build_model("unet", in_channels=1, out_channels=1), tmp_path / "u.safetensors",
+                      normalization={"mode": "zscore", "per": "image"}, class_names=["background", "nucleus"])
+    w = ModelWidget(viewer_with_sample)
+    w.load(path=str(path))
+    loaded = get_state(viewer_with_sample).loaded
+    assert loaded.name == "unet" and loaded.class_names == ["background", "nucleus"]
+    assert "zscore" in w.info.value and "nucleus" in w.info.value

@@ -1,0 +1,134 @@
+"""FANetRefiner: history indexing, early stop, set_mask (human in the loop), reset, volumes.
+
+The stand-in's output is ``dilate3x3(mask) & (x > 0.2)``, so with a one-pixel seed at the end
+of a bright line of 6 pixels iteration k covers the first min(k + 2, 6) line pixels, by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_segattn.inference import FANetRefiner, InputError
+
+H = W = 14
+
+
+def line_image():
+    img = np.zeros((H, W), np.float32)
+    img[4, 1:7] = 1.0  # the line: 6 pixels
+    img[10:12, 10:13] = 1.0  # a separate blob, unreachable from the seed
+    seed = np.zeros((H, W), bool)
+    seed[4, 1] = True
+    return img, seed
+
+
+def expected_line(k):
+    m = np.zeros((H, W), bool)
+    m[4, 1:1 + min(k + 2, 6)] = True
+    return m
+
+
+def test_history_indexing_and_early_stop(standin):
+    img, seed = line_image()
+    ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu")
+    hist = ref.run(max_iters=50, tol=0.0)
+    # k = 0..4 each add one pixel; k = 5 reproduces k = 4 (changed 0) and stops the loop
+    assert [r.index for r in hist] == [0, 1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(hist[0].input_mask, seed)  # iteration 0 is fed the initial mask
+    for k, r in enumerate(hist):
+        np.testing.assert_array_equal(r.mask, expected_line(k))
+        if k:
+            np.testing.assert_array_equal(r.input_mask, hist[k - 1].mask)
+    assert [r.changed_fraction * H * W for r in hist] == pytest.approx([1, 1, 1, 1, 1, 0])
+    assert hist[-1].probabilities.dtype == np.float32 and hist[-1].probabilities.shape == (H, W)
+
+
+def test_no_early_stop_like_released(standin):
+    img, seed = line_image()
+    ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu")
+    assert len(ref.run(max_iters=8, tol=None)) == 8
+    assert len(FANetRefiner(standin("fanet"), img, init=seed, device="cpu").run(max_iters=3)) == 3
+
+
+def test_set_mask_changes_next_step(standin):
+    img, seed = line_image()
+    plain = FANetRefiner(standin("fanet"), img, init=seed, device="cpu")
+    edited = FANetRefiner(standin("fanet"), img, init=seed, device="cpu")
+    plain.step()
+    edited.step()
+    painted = edited.history[0].mask.copy()
+    painted[10, 10] = True  # the user marks the missed blob
+    edited.set_mask(painted)
+    a, b = plain.step(), edited.step()
+    assert not a.edited and b.edited
+    np.testing.assert_array_equal(b.input_mask, painted)
+    np.testing.assert_array_equal(a.mask, expected_line(1))
+    expected = expected_line(1)
+    expected[10:12, 10:12] = True  # dilate((10,10)) inside the blob
+    np.testing.assert_array_equal(b.mask, expected)
+    # the correction keeps propagating: the next step fills the blob
+    assert edited.step().mask[10:12, 10:13].all()
+
+
+def test_reset_starts_over(standin):
+    img, seed = line_image()
+    ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu")
+    first = ref.step().mask
+    ref.run(3)
+    ref.reset()
+    assert ref.history == []
+    np.testing.assert_array_equal(ref.current_mask, seed)
+    np.testing.assert_array_equal(ref.step().mask, first)
+
+
+def test_volume_slices_refined_independently(standin):
+    img, seed = line_image()
+    vol = np.stack([img, img, img], axis=-1)  # slices along the last axis
+    init = np.stack([seed, np.zeros_like(seed), seed], axis=-1)
+    ref = FANetRefiner(standin("fanet"), vol, slice_axis=-1, init=init, device="cpu", batch_size=2)
+    r = ref.step()
+    assert r.mask.shape == vol.shape
+    np.testing.assert_array_equal(r.mask[..., 0], expected_line(0))
+    assert not r.mask[..., 1].any()
+    np.testing.assert_array_equal(r.mask[..., 2], expected_line(0))
+
+
+def test_initial_masks_and_errors(standin):
+    img, _ = line_image()
+    assert not FANetRefiner(standin("fanet"), img, init="empty", device="cpu").step().mask.any()
+    full = FANetRefiner(standin("fanet"), img, init="full", device="cpu").step().mask
+    np.testing.assert_array_equal(full, img > 0.2)
+    with pytest.raises(InputError, match="no feedback mask"):
+        FANetRefiner(standin("plain"), img, device="cpu")
+    ref = FANetRefiner(standin("fanet"), img, init="empty", device="cpu")
+    with pytest.raises(InputError, match="shape"):
+        ref.set_mask(np.ones((3, 3)))
+
+
+def test_metrics_per_iteration(standin):
+    metrics = pytest.importorskip("napari_segattn.metrics")
+    if not hasattr(metrics, "binary_metrics"):
+        pytest.skip("metrics package not written yet")
+    img, seed = line_image()
+    gt = img > 0  # line + blob: 12 pixels
+    ref = FANetRefiner(standin("fanet"), img, init=seed, ground_truth=gt, device="cpu")
+    ref.run(max_iters=10)
+    # recall = covered line pixels / 12, precision = 1 (all predictions inside the line)
+    assert [r.metrics["recall"] for r in ref.history] == pytest.approx([(min(k + 2, 6)) / 12 for k in range(6)])
+    assert all(r.metrics["precision"] == pytest.approx(1.0) for r in ref.history)
+    assert ref.initial_metrics["recall"] == pytest.approx(1 / 12)
+    rows = ref.table()
+    assert rows[0]["iteration"] == "init" and [r["iteration"] for r in rows[1:]] == list(range(6))
+
+
+def test_otsu_initial_mask_is_the_data_packages(standin):
+    data = pytest.importorskip("napari_segattn.data")
+    if not hasattr(data, "otsu_mask"):
+        pytest.skip("data package not written yet")
+    rng = np.random.default_rng(1)
+    img = rng.random((32, 32)).astype(np.float32) * 0.2
+    img[8:20, 8:20] += 0.8
+    ref = FANetRefiner(standin("fanet"), img, device="cpu")
+    np.testing.assert_array_equal(ref.initial_mask, np.asarray(data.otsu_mask(img[None]), bool))
+    assert ref.initial_mask[10:18, 10:18].all() and not ref.initial_mask[25:, 25:].any()

@@ -1,0 +1,109 @@
+"""``segattn train`` end to end on PNG folders, its errors, and DDP under torchrun (2 CPU ranks, gloo)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from napari_segattn.cli import main
+from napari_segattn.models import load_model
+from training_toys import toy_arrays
+
+HERE = Path(__file__).resolve().parent
+
+
+def _folders(tmp_path: Path, n: int = 6) -> tuple[Path, Path]:
+    images, labels = toy_arrays(n, size=24)
+    idir, mdir = tmp_path / "images", tmp_path / "masks"
+    idir.mkdir()
+    mdir.mkdir()
+    for k, (im, lab) in enumerate(zip(images, labels)):
+        iio.imwrite(idir / f"s{k:02d}.png", np.clip(im[0] * 120 + 60, 0, 255).astype(np.uint8))
+        iio.imwrite(mdir / f"s{k:02d}.png", (lab * 255).astype(np.uint8))
+    return idir, mdir
+
+
+def test_train_writes_a_loadable_model(tmp_path, capsys):
+    idir, mdir = _folders(tmp_path)
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize",
+               "--epochs", "2", "--batch-size", "2", "--lr", "0.01", "--device", "cpu", "--out", str(out), "--seed", "3"])
+    assert rc == 0
+    model = load_model(out / "model.safetensors")
+    assert model.segattn_normalization["mode"] == "zscore"
+    assert (out / "last" / "training_state.json").exists()
+    err = capsys.readouterr().err
+    assert "val loss" in err
+    # --resume with the same epochs has nothing left to do and keeps the files
+    rc = main(["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize",
+               "--epochs", "2", "--batch-size", "2", "--device", "cpu", "--out", str(out), "--seed", "3", "--resume"])
+    assert rc == 0
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--model", "nope", "--images", "x", "--masks", "y"], "unknown model 'nope'"),
+        (["--model", "_tiny", "--images", "{tmp}/missing", "--masks", "{tmp}"], "is not a folder"),
+        (["--model", "_tiny", "--images", "{tmp}"], "--images and --masks go together"),
+        (["--model", "_tiny"], "no data"),
+        (["--model", "_tiny", "--volume", "a.nii"], "--volume needs --labels"),
+        (["--model", "_tiny", "--images", "{tmp}", "--masks", "{tmp}", "--batch-size", "0"], "batch_size must be >= 1"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, capsys, args, message):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert main(["train", *args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {here!r})
+    import training_toys
+    training_toys.skip_zoo_if_broken()
+    from napari_segattn.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_matches_a_single_process_run(tmp_path):
+    """2 ranks × batch 2 == 1 process × batch 4: same samples per step (DistributedSampler with the
+    same seed), gradients averaged; BCE is a per-pixel mean so the loss decomposes. FANet masks are
+    gathered over ranks, so every rank holds every global sample index."""
+    from safetensors.torch import load_file
+
+    idir, mdir = _folders(tmp_path, n=10)
+    script = tmp_path / "segattn_main.py"
+    script.write_text(DDP_SCRIPT.format(here=str(HERE)))
+    common = ["train", "--model", "_tiny_fb_nodrop", "--images", str(idir), "--masks", str(mdir), "--binarize",
+              "--epochs", "3", "--loss", "ce", "--lr", "0.01", "--device", "cpu", "--val-fraction", "0.2", "--seed", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script), *common, "--batch-size", "4", "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                          str(script), *common, "--batch-size", "2", "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    a = load_file(str(tmp_path / "one" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "last" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    sa = load_file(str(tmp_path / "one" / "last" / "training_state.safetensors"))
+    sb = load_file(str(tmp_path / "two" / "last" / "training_state.safetensors"))
+    assert sa["masks_train/index"].tolist() == list(range(8))
+    for k in ("masks_train/index", "masks_train/shape", "masks_train/offsets", "masks_train/runs"):
+        assert torch.equal(sa[k], sb[k]), k

@@ -1,0 +1,261 @@
+"""The training engine on tiny models and toy data (CPU, seconds)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_segattn.models import build_model, load_model
+from napari_segattn.training import (
+    Cancelled, Checkpoint, EpochStart, Finished, Step, TrainConfig, Trainer, TrainingError, Validation, recipe_for,
+)
+
+from training_toys import toy_dataset
+
+FAST = TrainConfig(epochs=3, batch_size=4, optimizer="adam", lr=1e-2, loss="dice", augment="none", seed=0)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_loss_decreases_and_dice_rises_on_a_learnable_toy_task():
+    torch.manual_seed(0)
+    model = build_model("_tiny", dropout=0.0)
+    train, val = toy_dataset(12, seed=0), toy_dataset(4, seed=1)
+    cfg = dataclasses.replace(FAST, epochs=25, loss="bce_dice")
+    events = Trainer(model, train, val, cfg, device="cpu").fit()
+    vals = [e for e in events if isinstance(e, Validation)]
+    assert vals[-1].loss < 0.5 * vals[0].loss
+    assert vals[-1].metrics["dice"] > 0.85 > vals[0].metrics["dice"]
+
+
+def test_events_come_in_order(tmp_path):
+    model = build_model("_tiny")
+    train, val = toy_dataset(8), toy_dataset(2, seed=5)
+    seen = []
+    tr = Trainer(model, train, val, dataclasses.replace(FAST, epochs=2), device="cpu", out_dir=tmp_path, listeners=[seen.append])
+    events = list(tr.run())
+    assert seen == events  # listeners see each event before it is yielded
+    kinds = [type(e).__name__ for e in events]
+    # epoch 0 always improves (best written), epoch 1 may or may not
+    assert kinds[:6] == ["EpochStart", "Step", "Step", "Validation", "Checkpoint", "Checkpoint"]
+    assert kinds[6:9] == ["EpochStart", "Step", "Step"]
+    assert kinds[-2:] == ["Checkpoint", "Finished"]
+    steps = [e for e in events if isinstance(e, Step)]
+    assert [(s.epoch, s.step) for s in steps] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert steps[-1].eta_s == 0.0 and steps[0].eta_s > 0
+    ck = [e for e in events if isinstance(e, Checkpoint)]
+    assert {c.kind for c in ck} == {"best", "last"}
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "last" / "training_state.json").exists()
+    loaded = load_model(tmp_path / "model.safetensors")
+    assert loaded.segattn_checkpoint["training"]["recipe"] == "generic"
+    assert loaded.segattn_normalization == train.normalization.to_dict()
+
+
+def test_cancel_stops_within_one_step_and_keeps_the_last_checkpoint(tmp_path):
+    model = build_model("_tiny")
+    tr = Trainer(model, toy_dataset(8), toy_dataset(2, seed=5), dataclasses.replace(FAST, epochs=5),
+                 device="cpu", out_dir=tmp_path)
+    events = []
+    for e in tr.run():
+        events.append(e)
+        if isinstance(e, Step) and (e.epoch, e.step) == (1, 0):
+            state_before = (tmp_path / "last" / "training_state.json").read_text()
+            tr.cancel()  # e.g. from the GUI thread
+    assert isinstance(events[-1], Cancelled)
+    assert (events[-1].epoch, events[-1].step) == (1, 1)
+    assert isinstance(events[-2], Step) and (events[-2].epoch, events[-2].step) == (1, 0)
+    assert events[-1].last_checkpoint == tmp_path / "last"
+    assert (tmp_path / "last" / "training_state.json").read_text() == state_before
+    assert json.loads(state_before)["epoch"] == 0
+    load_model(tmp_path / "last" / "model.safetensors")
+
+
+@pytest.mark.parametrize("name,recipe", [("_tiny", "pam"), ("_tiny_fb", "fanet"), ("_tiny_rev", "rfna")])
+def test_resume_equals_an_uninterrupted_run(tmp_path, name, recipe):
+    from napari_segattn.data import Augmenter
+
+    cfg = dataclasses.replace(recipe_for(recipe), epochs=4, batch_size=2, warmup_epochs=min(1, recipe_for(recipe).warmup_epochs))
+
+    def data():
+        return toy_dataset(6, augmenter=None), toy_dataset(2, seed=5)
+
+    torch.manual_seed(0)
+    full = build_model(name)
+    init = _weights(full)
+    t_full = Trainer(full, *data(), cfg, device="cpu", out_dir=tmp_path / "a")
+    t_full.fit()
+
+    # interrupted after epoch 1 (cancelled when epoch 2 starts), then a fresh process-like resume
+    part = build_model(name)
+    part.load_state_dict(init)
+    t = Trainer(part, *data(), cfg, device="cpu", out_dir=tmp_path / "b")
+    for e in t.run():
+        if isinstance(e, EpochStart) and e.epoch == 2:
+            t.cancel()
+    resumed = build_model(name)  # different initial weights: all must come from the checkpoint
+    t2 = Trainer(resumed, *data(), cfg, device="cpu", out_dir=tmp_path / "b", resume=True)
+    events = t2.fit()
+    assert [e.epoch for e in events if isinstance(e, EpochStart)] == [2, 3]
+    a, b = _weights(full), _weights(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    assert t2.best_epoch == t_full.best_epoch
+    if name == "_tiny_fb":
+        for i in t_full.mask_store.indices():
+            np.testing.assert_array_equal(t2.mask_store.get(i), t_full.mask_store.get(i))
+
+
+def test_rfna_trains_on_reversed_labels_but_reports_foreground_metrics():
+    torch.manual_seed(0)
+    model = build_model("_tiny_rev", dropout=0.0)
+    train, val = toy_dataset(12), toy_dataset(4, seed=1)
+    events = Trainer(model, train, val, dataclasses.replace(FAST, epochs=25, loss="bce_dice"), device="cpu").fit()
+    v = [e for e in events if isinstance(e, Validation)][-1]
+    assert v.metrics["dice"] > 0.85
+    # the network itself predicts background: p > 0.5 off the object, p < 0.5 on it
+    item = val[0]
+    with torch.no_grad():
+        p = torch.sigmoid(model.eval()(item["image"][None]))[0, 0].numpy()
+    fg = item["label"].numpy() > 0
+    assert p[fg].mean() < 0.3 and p[~fg].mean() > 0.7
+
+
+def test_fanet_masks_committed_only_when_val_loss_improves():
+    torch.manual_seed(0)
+    model = build_model("_tiny_fb")
+    train, val = toy_dataset(6), toy_dataset(2, seed=5)
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=12, batch_size=2, lr=0.05, augment="none")
+    tr = Trainer(model, train, val, cfg, device="cpu")
+    snaps, losses = [], []
+
+    def listen(e):
+        if isinstance(e, Validation):
+            snaps.append((e, {i: tr.mask_store.get(i).copy() for i in tr.mask_store.indices()}))
+
+    tr.listeners.append(listen)
+    tr._setup()
+    otsu = {i: tr.mask_store.get(i).copy() for i in tr.mask_store.indices()}
+    from napari_segattn.data import otsu_mask
+
+    np.testing.assert_array_equal(otsu[0], otsu_mask(train.raw(0)[0]))
+    tr.mask_store = None  # let run() build it again
+    tr.fit()
+    best = float("inf")
+    prev = otsu
+    outcomes = set()
+    for ev, masks in snaps:
+        improved = ev.loss < best
+        best = min(best, ev.loss)
+        assert ev.masks_committed == improved
+        outcomes.add(improved)
+        if not improved:
+            assert all(np.array_equal(masks[i], prev[i]) for i in masks)
+        prev = masks
+    assert outcomes == {True, False}, "the run should exercise both branches"
+    assert any(not np.array_equal(prev[i], otsu[i]) for i in otsu)
+
+
+def test_fanet_every_epoch_policy_commits_always():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=6, batch_size=2, lr=0.05, augment="none", mask_update="every_epoch")
+    events = Trainer(build_model("_tiny_fb"), toy_dataset(4), toy_dataset(2, seed=5), cfg, device="cpu").fit()
+    assert all(e.masks_committed for e in events if isinstance(e, Validation))
+
+
+def test_fanet_gets_the_stored_mask_as_second_input():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, mask):
+            seen.append(mask.detach().clone())
+            return self.net(x, mask)
+
+    net = build_model("_tiny_fb")
+    spy = Spy(net)
+    spy.segattn_config, spy.out_channels = net.segattn_config, 1
+    ds = toy_dataset(2)
+    cfg = dataclasses.replace(FAST, epochs=1, batch_size=2)
+    tr = Trainer(spy, ds, None, cfg, device="cpu")
+    tr.fit()
+    from napari_segattn.data import otsu_mask
+
+    order = list(tr.sampler)
+    for k, i in enumerate(order):
+        np.testing.assert_array_equal(seen[0][k, 0].numpy(), otsu_mask(ds.raw(i)[0]).astype(np.float32))
+
+
+def test_gpu_oom_becomes_a_clear_error_and_keeps_the_checkpoint(tmp_path):
+    model = build_model("_tiny")
+    calls = {"n": 0}
+    orig = model._forward
+
+    def forward(x, *extras):
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 0 (2 steps) succeeds, epoch 1 runs out of memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return orig(x, *extras)
+
+    model._forward = forward
+    tr = Trainer(model, toy_dataset(8), None, dataclasses.replace(FAST, epochs=3), device="cpu", out_dir=tmp_path)
+    gen = tr.run()
+    with pytest.raises(TrainingError, match=r"batch size 4.*--batch-size 2") as info:
+        for _ in gen:
+            pass
+    assert str(tmp_path / "last") in str(info.value)
+    state = json.loads((tmp_path / "last" / "training_state.json").read_text())
+    assert state["epoch"] == 0
+    load_model(tmp_path / "model.safetensors")
+
+
+def test_multiclass_with_feedback_ce_selects_on_class_dice(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("_tiny", out_channels=3, dropout=0.0)
+    cfg = dataclasses.replace(recipe_for("brunet"), epochs=3, batch_size=2)
+    events = Trainer(model, toy_dataset(4, classes=3), toy_dataset(2, seed=5, classes=3), cfg, device="cpu", out_dir=tmp_path).fit()
+    v = [e for e in events if isinstance(e, Validation)]
+    assert {"dice", "dice_class_1", "dice_class_2"} <= set(v[0].metrics)
+    scores = [e.metrics["dice_class_1"] for e in v]
+    best = [e.improved for e in v]
+    assert best[0]
+    assert all(b == (s > max(scores[:k])) for k, (s, b) in enumerate(zip(scores, best)) if k > 0)
+
+
+def test_drop_last_with_too_few_samples_is_explained():
+    cfg = dataclasses.replace(recipe_for("unet"), batch_size=4)
+    with pytest.raises(TrainingError, match="batch size 4"):
+        Trainer(build_model("_tiny"), toy_dataset(3), None, cfg, device="cpu").fit()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SegmentationDataset._rng counts draws per sample across epochs and set_epoch() does not "
+    "reset them, so a resumed run sees different flips; remove this marker once it does",
+)
+def test_resume_with_augmentation_equals_an_uninterrupted_run(tmp_path):
+    from napari_segattn.data import Augmenter
+
+    cfg = dataclasses.replace(recipe_for("unet"), epochs=4, batch_size=2)
+    torch.manual_seed(0)
+    full = build_model("_tiny")
+    init = _weights(full)
+    Trainer(full, toy_dataset(6, augmenter=Augmenter()), None, cfg, device="cpu", out_dir=tmp_path / "a").fit()
+    part = build_model("_tiny")
+    part.load_state_dict(init)
+    t = Trainer(part, toy_dataset(6, augmenter=Augmenter()), None, cfg, device="cpu", out_dir=tmp_path / "b")
+    for e in t.run():
+        if isinstance(e, EpochStart) and e.epoch == 2:
+            t.cancel()
+    resumed = build_model("_tiny")
+    Trainer(resumed, toy_dataset(6, augmenter=Augmenter()), None, cfg, device="cpu", out_dir=tmp_path / "b", resume=True).fit()
+    for k, v in _weights(full).items():
+        torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6)
