@@ -21,7 +21,7 @@ def test_build_uses_layer_channels_and_sets_shared_state(viewer_with_sample):
     assert w.image_select.value == ["dsb2018_nuclei"]
     assert w.gt_combo.value == "dsb2018_nuclei_gt"
     w.arch.value = "fanet"
-    w.options.value = '{"in_channels": 1}'
+    w.arch_options.value = '{"in_channels": 1}'
     w.build_button.clicked.emit()
     state = get_state(viewer_with_sample)
     assert state.loaded is not None and state.loaded.name == "fanet" and state.loaded.takes_mask
@@ -38,7 +38,7 @@ def test_bad_options_and_bad_checkpoint_keep_previous_model(viewer_with_sample, 
     w.arch.value = "unet"
     w.build_button.clicked.emit()
     before = get_state(viewer_with_sample).loaded
-    w.options.value = '{"no_such_option": 3}'
+    w.arch_options.value = '{"no_such_option": 3}'
     w.build_button.clicked.emit()
     assert get_state(viewer_with_sample).loaded is before
     assert "error" in w.status.value

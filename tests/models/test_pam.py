@@ -217,10 +217,6 @@ def test_rfna_is_registered_for_reversed_labels():
     assert not any(get_spec(n).reverse_labels for n in PAM if n != "rfna")
 
 
-def _stage_shapes(b, h, w, channels):
-    return [(b, c, h // s, w // s) for c, s in channels]
-
-
 # (model, config, {module name: (channels, downsampling)}) for a 4-channel input
 ATTENTION_MAPS = [
     ("fpa", {}, {"enc1": (64, 2), "enc2": (128, 4), "enc3": (256, 8), "bridge": (256, 8)}),

@@ -76,14 +76,19 @@ def test_backward_reaches_trainable_parameters(name):
     model.train()
     model(x, *extras).pow(2).mean().backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
-    reached = [n for n, g in grads.items() if g is not None and torch.count_nonzero(g) > 0]
-    # FANet's released MixPool threshold blocks its mask-branch gradients (spec 2.1); every
-    # other model must reach all of its parameters.
-    if name == "fanet":
-        assert len(reached) > 0.7 * len(grads)
-    else:
-        missing = sorted(set(grads) - set(reached))
-        assert not missing, f"no gradient reaches {missing[:5]}"
+    reached = {n for n, g in grads.items() if g is not None and torch.count_nonzero(g) > 0}
+    missing = sorted(set(grads) - reached)
+    # Parameters that provably get no gradient at initialisation, each for a stated reason:
+    exempt = {
+        # released MixPool threshold blocks its mask branch (spec 2.1, D2)
+        "fanet": lambda n: ".fmask" in n or "mask_conv" in n or "fmask" in n,
+        # SAGAN-style feedback scale starts at 0, so query/key/value get no gradient until it moves
+        "fbunet": lambda n: n.startswith("feedback.") and "gamma" not in n and "scale" not in n,
+        # released CBAM MLPs have 2-8 hidden ReLU units; all can start switched off at default init
+        "cbamunet": lambda n: ".mlp." in n,
+    }.get(name, lambda n: False)
+    assert not [n for n in missing if not exempt(n)], f"no gradient reaches {missing[:5]}"
+    assert len(reached) > 0.7 * len(grads)
 
 
 def test_wrong_channel_count_is_a_clear_error():
@@ -130,6 +135,7 @@ def test_config_that_does_not_match_weights_is_refused(tmp_path):
 
     meta = json.loads(path.with_suffix(".json").read_text())
     meta["model"] = "wunet"
+    meta["config"]["width"] = 64
     save_file(load_file(str(path)), str(path), metadata={"segattn_config": json.dumps(meta)})
     with pytest.raises(CheckpointError, match="do not match the config"):
         load_model(path)

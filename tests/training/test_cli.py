@@ -89,7 +89,7 @@ def test_torchrun_ddp_matches_a_single_process_run(tmp_path):
     script = tmp_path / "segattn_main.py"
     script.write_text(DDP_SCRIPT.format(here=str(HERE)))
     common = ["train", "--model", "_tiny_fb_nodrop", "--images", str(idir), "--masks", str(mdir), "--binarize",
-              "--epochs", "3", "--loss", "ce", "--lr", "0.01", "--device", "cpu", "--val-fraction", "0.2", "--seed", "1"]
+              "--epochs", "3", "--loss", "ce", "--augment", "none", "--lr", "0.01", "--device", "cpu", "--val-fraction", "0.2", "--seed", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, str(script), *common, "--batch-size", "4", "--out", str(tmp_path / "one")],
                             capture_output=True, text=True, env=env, timeout=300)
@@ -101,9 +101,19 @@ def test_torchrun_ddp_matches_a_single_process_run(tmp_path):
     a = load_file(str(tmp_path / "one" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "last" / "model.safetensors"))
     for k in a:
+        # all-reduce sums in another order: ~1e-8 differences (measured). Wrong samples per step
+        # give ~1e-2. No augmentation: SegmentationDataset's draw counter makes flips depend on
+        # which samples a process has seen (see the xfail resume test).
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
     sa = load_file(str(tmp_path / "one" / "last" / "training_state.safetensors"))
     sb = load_file(str(tmp_path / "two" / "last" / "training_state.safetensors"))
-    assert sa["masks_train/index"].tolist() == list(range(8))
-    for k in ("masks_train/index", "masks_train/shape", "masks_train/offsets", "masks_train/runs"):
-        assert torch.equal(sa[k], sb[k]), k
+    from napari_segattn.training import MaskStore
+
+    stores = []
+    for s in (sa, sb):
+        store = MaskStore()
+        store.load_state_dict({k.split("/")[1]: v.numpy() for k, v in s.items() if k.startswith("masks_train/")})
+        stores.append(store)
+    assert stores[0].indices() == stores[1].indices() == list(range(8))  # both ranks' samples gathered
+    for i in range(8):
+        assert np.array_equal(stores[0].get(i), stores[1].get(i))

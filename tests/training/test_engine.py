@@ -239,7 +239,7 @@ def test_drop_last_with_too_few_samples_is_explained():
 @pytest.mark.xfail(
     strict=True,
     reason="SegmentationDataset._rng counts draws per sample across epochs and set_epoch() does not "
-    "reset them, so a resumed run sees different flips; remove this marker once it does",
+    "reset them, so a resumed run (or a DDP rank) sees different flips; remove this marker once it does",
 )
 def test_resume_with_augmentation_equals_an_uninterrupted_run(tmp_path):
     from napari_segattn.data import Augmenter
@@ -259,3 +259,18 @@ def test_resume_with_augmentation_equals_an_uninterrupted_run(tmp_path):
     Trainer(resumed, toy_dataset(6, augmenter=Augmenter()), None, cfg, device="cpu", out_dir=tmp_path / "b", resume=True).fit()
     for k, v in _weights(full).items():
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_amp_and_channels_last_train(amp):
+    torch.manual_seed(0)
+    model = build_model("_tiny", dropout=0.0)
+    cfg = dataclasses.replace(FAST, epochs=2, amp=amp)
+    tr = Trainer(model, toy_dataset(8), toy_dataset(2, seed=5), cfg, device="cuda")
+    events = tr.fit()
+    assert tr.amp_dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    assert tr.scaler.is_enabled() == (amp == "fp16")
+    assert next(model.parameters()).is_cuda
+    assert model.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(np.isfinite(e.loss) for e in events if isinstance(e, Step))

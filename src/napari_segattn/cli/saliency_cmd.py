@@ -8,6 +8,7 @@ elsewhere), plus ``saliency.json`` with the settings and the completeness gap.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,10 @@ def run(args) -> int:
             "baseline": sal.baseline, "completeness_gap": sal.completeness_gap, "relative_gap": sal.relative_gap,
             "deltas": sal.deltas, "output_difference": sal.output_difference, "seconds": sal.seconds,
             "slice": args.slice}
+    info["warning"] = sal.warning
     (out / "saliency.json").write_text(json.dumps(info, indent=2) + "\n")
+    if sal.warning:
+        print(f"warning: {sal.warning}", file=sys.stderr)
     print(f"wrote {len(stems)} saliency map(s) to {out} (completeness gap {sal.completeness_gap:.3g}, "
           f"relative {sal.relative_gap:.3g})")
     return 0

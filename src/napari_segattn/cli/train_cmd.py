@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--loss", choices=["dice", "bce_dice", "ce", "ce_dice", "feedback_ce"])
+    p.add_argument("--augment", choices=["none", "flip", "fanet"], help="augmentation (default: the recipe's)")
     p.add_argument("--tv-alpha", type=float, help="TV-smoothing augmentation weight (smaller = smoother)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction (0 = no validation)")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
@@ -60,7 +61,7 @@ def _config(args):
 
     overrides = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "loss": args.loss,
-        "tv_alpha": args.tv_alpha, "seed": args.seed,
+        "tv_alpha": args.tv_alpha, "seed": args.seed, "augment": args.augment,
     }
     cfg = recipe_for(args.model)
     try:

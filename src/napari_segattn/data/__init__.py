@@ -8,8 +8,10 @@ from .io import read_image, read_volume
 from .labels import check_finite, to_label_map
 from .normalization import Normalization
 from .otsu import otsu_mask
+from .tiles import tile_pairs
 
 __all__ = [
+    "tile_pairs",
     "DataError",
     "read_image",
     "read_volume",

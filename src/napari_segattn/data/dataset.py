@@ -218,7 +218,8 @@ class SegmentationDataset(Dataset):
 
     # ---- subsets ----------------------------------------------------------------------------
     def subset(self, indices: Sequence[int], augmenter: Augmenter | None | str = "same") -> "SegmentationDataset":
-        """A new data set over ``indices`` (sharing pixel memory); ``index`` is renumbered 0..n−1."""
+        """A new data set over ``indices`` (sharing pixel memory); ``index`` is renumbered 0..n−1,
+        so ``feedback`` is not carried over: attach it to the subset."""
         idx = [int(i) for i in indices]
         return SegmentationDataset(
             [self._images[i] for i in idx], [self._labels[i] for i in idx],

@@ -38,6 +38,8 @@ __all__ = ["SaliencyMap", "saliency", "window_grid", "coverage", "METHODS", "BAS
 
 METHODS = ("fast", "per_window", "abs_windows")
 BASELINES = ("zeros", "blur", "mean")
+#: relative completeness gap above which SaliencyMap.warning is set
+GAP_WARNING = 0.05
 
 
 @dataclass
@@ -64,6 +66,7 @@ class SaliencyMap:
     deltas: list[float]
     output_difference: list[float]
     seconds: float
+    warning: str | None = None
 
 
 def _starts(size: int, win: int, stride: int) -> list[int]:
@@ -221,6 +224,14 @@ def saliency(
     gaps = [abs(d) for d in deltas]
     rel = [g / abs(o) if o else float("nan") for g, o in zip(gaps, diffs)]
     single = np.isscalar(target_class)
+    warning = None
+    if max(rel) > GAP_WARNING:
+        # Bias-free conv -> InstanceNorm (the PAM/FPA/RFNA blocks) is scale invariant, so along
+        # the straight path from a zero (or constant) baseline F(beta*x) = F(x) for beta > 0:
+        # the whole change happens at beta ~ 0 and IG misses it. The gap makes this visible.
+        warning = (f"IG completeness gap is {max(rel):.0%} of F(x) - F(x'); the attributions do not add up. "
+                   f"Try more steps or another baseline (models with InstanceNorm after bias-free convs are "
+                   f"scale invariant along a path from 'zeros'/'mean'; 'blur' avoids that)")
     return SaliencyMap(
         map=maps[0] if single else np.stack(maps),
         per_channel=per_ch[0] if single else np.stack(per_ch),
@@ -236,4 +247,5 @@ def saliency(
         deltas=deltas,
         output_difference=diffs,
         seconds=time.perf_counter() - t0,
+        warning=warning,
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageFile", "read_image", "guess_axes", "write_array", "output_exists", "colorize_signed",
+__all__ = ["ImageFile", "read_image", "guess_axes", "write_array", "colorize_signed",
            "matching_suffix", "file_stem"]
 
 NIFTI = (".nii.gz", ".nii")
@@ -102,10 +102,6 @@ def guess_axes(f: ImageFile, in_channels: int, channel_axis: int | None = None,
         if data.shape[1] == in_channels:
             return data, 1, 0
     raise ValueError(f"cannot tell the axes of {f.path.name} (shape {data.shape}); pass --channel-axis/--slice-axis")
-
-
-def output_exists(path: str | Path) -> bool:
-    return Path(path).exists()
 
 
 def write_array(path: str | Path, arr: np.ndarray, like: ImageFile | None = None, *, overwrite: bool = False,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .surface import hd95 as _hd95
+from .surface import hd95_px_and_mm
 
 METRIC_KEYS = ("dice", "iou", "precision", "recall", "specificity", "accuracy", "f2", "fp_rate", "fn_rate", "hd95")
 
@@ -51,10 +52,11 @@ def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing=None, *, connectivi
         "f2": 1.0 if both_empty else 5 * tp / (5 * tp + 4 * fn + fp),
         "fp_rate": _ratio(fp, fp + tn),
         "fn_rate": _ratio(fn, fn + tp),
-        "hd95": _hd95(pred, gt, None, connectivity),
+        "hd95": None,
         "tp": tp, "fp": fp, "fn": fn, "tn": tn,
     }
-    if spacing is not None:
-        sp = tuple(float(s) for s in np.broadcast_to(np.asarray(spacing, dtype=float), (pred.ndim,)))
-        out["hd95_mm"] = _hd95(pred, gt, sp, connectivity)
+    if spacing is None:
+        out["hd95"] = _hd95(pred, gt, None, connectivity)
+    else:
+        out["hd95"], out["hd95_mm"] = hd95_px_and_mm(pred, gt, spacing, connectivity)
     return out

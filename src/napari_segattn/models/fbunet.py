@@ -74,7 +74,9 @@ class FeedbackAttention(ExposesAttention, nn.Module):
         k = self.key(gs).flatten(2).transpose(1, 2)
         v = self.value(gs).flatten(2).transpose(1, 2)  # B x N x C/2
         attended = _attend(q, k, v)
-        y = self.out(attended.transpose(1, 2).reshape(b, -1, h, w))
+        # contiguous: the transposed view is channels-last, which would switch the following
+        # convolutions to other kernels (rounding differs; at scale 0 the passes would not match)
+        y = self.out(attended.transpose(1, 2).reshape(b, -1, h, w).contiguous())
         if s > 1:
             y = F.interpolate(y, size=f.shape[-2:], mode="bilinear", align_corners=False)
         if self._recording:
@@ -89,9 +91,10 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T) v with scale 1, through torch's fused attention.
 
     Zero-padding q and k to v's width leaves q k^T unchanged but lets torch pick its
-    memory-efficient (flash) kernel, which needs equal head sizes; otherwise it falls back to
-    materialising the N x N matrix.
+    memory-efficient (flash) kernel, which needs equal head sizes and unit stride in the last
+    dimension; otherwise it falls back to materialising the N x N matrix (17 GB at 256 x 256).
     """
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     dq, dv = q.shape[-1], v.shape[-1]
     if dq < dv:
         q = F.pad(q, (0, dv - dq))

@@ -34,7 +34,8 @@ class LayerChoices:
         if self.labels is not None:
             keep = self.labels.value
             self.labels.choices = ["(none)"] + self._names("labels")
-            if keep in self.labels.choices:
+            # keep a real choice; otherwise offer the first labels layer (users rarely want none)
+            if keep in self.labels.choices and keep != "(none)":
                 self.labels.value = keep
             elif len(self.labels.choices) > 1:
                 self.labels.value = self.labels.choices[1]
@@ -64,7 +65,7 @@ class ModelWidget(Container):
         self.layers = LayerChoices(napari_viewer, self.image_select, self.gt_combo)
         self.arch = ComboBox(label="architecture", choices=list_models(), value="unet")
         self.out_channels = SpinBox(label="classes (1 = binary)", value=1, min=1, max=64)
-        self.options = LineEdit(label="options (JSON)", value="{}")
+        self.arch_options = LineEdit(label="options (JSON)", value="{}")
         self.build_button = PushButton(text="Build untrained model")
         self.ckpt = FileEdit(label="checkpoint", filter="*.safetensors", mode="r")
         self.load_button = PushButton(text="Load checkpoint")
@@ -73,7 +74,7 @@ class ModelWidget(Container):
         self.info.native.setReadOnly(True)
         self.status = Label(value="")
         self.extend([
-            self.image_select, self.gt_combo, self.arch, self.out_channels, self.options, self.build_button,
+            self.image_select, self.gt_combo, self.arch, self.out_channels, self.arch_options, self.build_button,
             self.ckpt, self.load_button, self.device, self.info, self.status,
         ])
         self.arch.changed.connect(self._show_defaults)
@@ -103,7 +104,7 @@ class ModelWidget(Container):
         from ..models import build_model, get_spec
 
         try:
-            opts = json.loads(self.options.value or "{}")
+            opts = json.loads(self.arch_options.value or "{}")
             if not isinstance(opts, dict):
                 raise ValueError("options must be a JSON object, e.g. {\"dilation\": 6}")
             opts.setdefault("in_channels", self.input_channels())

@@ -23,6 +23,37 @@ def explain_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class WorkerError(Exception):
+    """Carries a worker's exception to the GUI thread.
+
+    superqt treats a RuntimeError raised in a worker as "aborted thread" and emits no
+    ``errored`` signal, and our core raises RuntimeError subclasses (TrainingError, GPU
+    out-of-memory); wrapping keeps every failure visible to the user.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def _guard(gen_func):
+    import inspect
+
+    if inspect.isgeneratorfunction(gen_func) or inspect.isgeneratorfunction(getattr(gen_func, "__func__", None)):
+        def guarded(*args, **kwargs):
+            try:
+                return (yield from gen_func(*args, **kwargs))
+            except Exception as exc:
+                raise WorkerError(exc) from exc
+    else:
+        def guarded(*args, **kwargs):
+            try:
+                return gen_func(*args, **kwargs)
+            except Exception as exc:
+                raise WorkerError(exc) from exc
+    return guarded
+
+
 def run_in_worker(
     gen_func: Callable[..., Iterator[Any]],
     *args,
@@ -35,18 +66,21 @@ def run_in_worker(
     **kwargs,
 ):
     """Start ``gen_func(*args, **kwargs)`` in a thread with napari's progress bar."""
-    worker = create_worker(gen_func, *args, _progress={"total": total, "desc": desc}, _start_thread=False, **kwargs)
+    def _errored(exc: BaseException) -> None:
+        exc = getattr(exc, "original", exc)
+        show_error(f"{desc} failed: {explain_exception(exc)}")
+        if on_error is not None:
+            on_error(exc)
+        if on_finish is not None:  # finished is not always emitted after an error
+            on_finish()
+
+    # Passing our handler in _connect tells superqt not to re-raise in the GUI thread.
+    worker = create_worker(_guard(gen_func), *args, _progress={"total": total, "desc": desc}, _start_thread=False,
+                           _connect={"errored": _errored}, **kwargs)
     if on_yield is not None:
         worker.yielded.connect(on_yield)
     if on_return is not None:
         worker.returned.connect(on_return)
-
-    def _errored(exc: BaseException) -> None:
-        show_error(f"{desc} failed: {explain_exception(exc)}")
-        if on_error is not None:
-            on_error(exc)
-
-    worker.errored.connect(_errored)
     if on_finish is not None:
         worker.finished.connect(on_finish)
     worker.start()

@@ -1,0 +1,143 @@
+"""Compare widget: the attention shift between two models (or FANet iteration a vs b),
+as saliency maps, a normalised difference map and the per-region saliency-mass table."""
+
+from __future__ import annotations
+
+import napari
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, Table
+from napari.utils.notifications import show_error, show_info
+
+from .inputs import InputError, gather_input
+from .layers import upsert_layer
+from .state import get_state
+from .workers import run_in_worker
+
+__all__ = ["CompareWidget"]
+
+
+class CompareWidget(Container):
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self.mode = ComboBox(label="compare", choices=["two checkpoints", "FANet iteration a vs b"], value="two checkpoints")
+        self.ckpt_a = FileEdit(label="checkpoint a", filter="*.safetensors", mode="r")
+        self.ckpt_b = FileEdit(label="checkpoint b", filter="*.safetensors", mode="r")
+        self.iter_a = SpinBox(label="iteration a", value=1, min=0, max=100)
+        self.iter_b = SpinBox(label="iteration b", value=10, min=0, max=100)
+        self.n_steps = SpinBox(label="IG steps", value=32, min=2, max=500)
+        self.compare_button = PushButton(text="Compare (current slice)")
+        self.table = Table(value={"data": [], "columns": []})
+        self.out = FileEdit(label="export table", mode="w", filter="*.csv")
+        self.export_button = PushButton(text="Export CSV + JSON")
+        self.status = Label(value="")
+        self.extend([self.mode, self.ckpt_a, self.ckpt_b, self.iter_a, self.iter_b, self.n_steps,
+                     self.compare_button, self.table, self.out, self.export_button, self.status])
+        self.compare_button.changed.connect(self.compare)
+        self.export_button.changed.connect(self.export)
+        self.mode.changed.connect(self._mode_changed)
+        self._mode_changed(self.mode.value)
+        self.result = None
+
+    def _mode_changed(self, mode):
+        ckpts = mode == "two checkpoints"
+        for w in (self.ckpt_a, self.ckpt_b):
+            w.visible = ckpts
+        for w in (self.iter_a, self.iter_b):
+            w.visible = not ckpts
+
+    def _jobs(self, inp):
+        """[(label, model, feedback mask or None)] for side a and side b."""
+        from ..models import load_model
+
+        if self.mode.value == "two checkpoints":
+            out = []
+            for side, edit in (("a", self.ckpt_a), ("b", self.ckpt_b)):
+                path = str(edit.value)
+                model = load_model(path).eval()
+                out.append((f"{side}:{model.segattn_config['name']}", model, None))
+            return out
+        ref = self.state.refiner
+        if ref is None or not ref.history:
+            raise InputError("run FANet refinement in the Predict & refine widget first")
+        masks = [ref.initial_mask] + [r.mask for r in ref.history]  # index k = feedback of iteration k
+        a, b = int(self.iter_a.value), int(self.iter_b.value)
+        if max(a, b) >= len(masks):
+            raise InputError(f"only iterations 0..{len(masks) - 1} exist; run more refinement steps")
+        if masks[a].shape != inp.image.shape[-2:]:
+            raise InputError("the refinement was run on another slice or a volume; compare works on one slice")
+        model = self.state.loaded.model
+        return [(f"iter{a}", model, masks[a]), (f"iter{b}", model, masks[b])]
+
+    def compare(self, *_):
+        from ..explain import attention_shift, saliency
+
+        try:
+            if self.state.loaded is None and self.mode.value != "two checkpoints":
+                raise InputError("load a FANet model first")
+            imgs, gt_layer = self.state.input_layers(self.viewer)
+            inp = gather_input(self.viewer, imgs, gt_layer, scope="slice")
+            if inp.ground_truth is None:
+                raise InputError("choose a ground-truth labels layer in the Model widget: the shift is measured per region")
+            jobs = self._jobs(inp)
+        except Exception as exc:  # checkpoint errors and input errors alike
+            show_error(str(exc))
+            self.status.value = f"error: {exc}"
+            return None
+        n_steps, dev = int(self.n_steps.value), self.state.device
+
+        def work():
+            maps = []
+            for label, model, mask in jobs:
+                k = list(range(1, max(2, model.out_channels)))
+                maps.append(saliency(model, inp.image, k if len(k) > 1 else k[0], channel_axis=0, n_steps=n_steps,
+                                     device=dev, mask=mask))
+                yield label
+            names = self.state.loaded.class_names if self.state.loaded else None
+            return maps, attention_shift(maps[0], maps[1], inp.ground_truth, names, labels=(jobs[0][0], jobs[1][0]))
+
+        def done(res):
+            maps, shift = res
+            self.result = shift
+            self._show(inp, jobs, maps, shift)
+
+        self.state.busy = True
+        return run_in_worker(work, on_return=done, desc="attention shift", total=2,
+                             on_finish=lambda: setattr(self.state, "busy", False))
+
+    def _show(self, inp, jobs, maps, shift):
+        geom = {"scale": inp.scale[-2:], "translate": inp.translate[-2:]}
+        for (label, _, _), m in zip(jobs, maps):
+            arr = np.abs(np.asarray(m.map, np.float32))
+            upsert_layer(self.viewer, "image", arr, f"saliency {label}", colormap="inferno", blending="additive",
+                         opacity=0.6, contrast_limits=(0.0, float(np.percentile(arr, 99.5)) or 1.0), **geom)
+        diff = shift.difference[0] if shift.difference.shape[0] == 1 else shift.difference
+        lim = float(np.abs(diff).max()) or 1.0
+        upsert_layer(self.viewer, "image", diff.astype(np.float32), "attention shift (b - a)", colormap="PiYG",
+                     contrast_limits=(-lim, lim), opacity=0.8, **geom)
+        rows = shift.rows()
+        cols = list(rows[0])
+        self.table.value = {"data": [[(f"{r[c]:.4g}" if isinstance(r[c], float) else r[c]) for c in cols] for r in rows],
+                            "columns": cols}
+        self.status.value = "shift of saliency centroid: " + ", ".join(f"{c}: {s:.2f} px" for c, s in zip(shift.classes, shift.shift_px))
+
+    def export(self, *_):
+        from pathlib import Path
+
+        if self.result is None:
+            show_error("nothing to export yet: run Compare first")
+            return None
+        path = Path(str(self.out.value or ""))
+        if not path.name or path.is_dir():
+            show_error("choose a file name for the table first")
+            return None
+        if path.suffix != ".csv":
+            path = path.with_suffix(".csv")
+        if path.exists():
+            show_error(f"{path} exists; choose a new file name (nothing was overwritten)")
+            return None
+        self.result.to_csv(path)
+        self.result.to_json(path.with_suffix(".json"))
+        show_info(f"wrote {path} and {path.with_suffix('.json').name}")
+        return path

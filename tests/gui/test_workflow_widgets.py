@@ -1,0 +1,218 @@
+"""End-to-end through the widgets, as a user clicks: build/load, predict, refine with a painted
+correction, inspect (error map, saliency, attention), train with a responsive viewer, compare."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.gui
+
+
+def _blobs(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    gt = np.zeros((size, size), np.int32)
+    for _ in range(4):
+        cy, cx, r = rng.integers(8, size - 8, 2).tolist() + [int(rng.integers(4, 9))]
+        gt[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
+    img = (gt * 120 + 40 + rng.normal(0, 12, gt.shape)).astype(np.float32)
+    return img, gt
+
+
+@pytest.fixture
+def setup(make_napari_viewer):
+    from napari_segattn.widgets import CompareWidget, InspectWidget, ModelWidget, PredictRefineWidget, TrainWidget
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    img, gt = _blobs()
+    viewer.add_image(img, name="cells")
+    viewer.add_labels(gt, name="cells_gt")
+    widgets = {cls.__name__: cls(viewer) for cls in (ModelWidget, TrainWidget, PredictRefineWidget, InspectWidget, CompareWidget)}
+    return viewer, widgets, get_state(viewer), img, gt
+
+
+def _wait_idle(qtbot, state, timeout=120_000):
+    qtbot.waitUntil(lambda: not state.busy, timeout=timeout)
+
+
+def _build(widgets, arch, **opts):
+    import json
+
+    w = widgets["ModelWidget"]
+    w.arch.value = arch
+    w.arch_options.value = json.dumps(opts)
+    w.build_button.clicked.emit()
+
+
+def test_predict_fills_a_labels_layer(setup, qtbot):
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1)
+    widgets["PredictRefineWidget"].predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    pred = viewer.layers["prediction"]
+    assert pred.data.shape == img.shape and pred.metadata["segattn"]
+    prob = viewer.layers["probability"].data
+    np.testing.assert_array_equal(pred.data.astype(bool), prob > 0.5)
+
+
+def test_fanet_steps_and_painted_correction_is_fed_back(setup, qtbot):
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fanet", in_channels=1)
+    rw = widgets["PredictRefineWidget"]
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    ref = state.refiner
+    assert len(ref.history) == 1
+    stack = viewer.layers["refinement (0 = initial mask)"].data
+    assert stack.shape == (2, *img.shape)  # initial mask + iteration 1 on the iteration axis
+    np.testing.assert_array_equal(stack[1].astype(bool), ref.history[0].mask)
+    assert ref.history[0].metrics is not None  # ground truth chosen -> per-iteration metrics
+    # the user paints a correction on the feedback layer, then presses Step
+    fb = viewer.layers["feedback mask (paint, then Step)"]
+    painted = fb.data.copy()
+    painted[:20, :20] = 1
+    painted[40:, 40:] = 0
+    fb.data = painted
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert len(ref.history) == 2 and ref.history[1].edited
+    np.testing.assert_array_equal(ref.history[1].input_mask, painted.astype(bool))
+    # Run to convergence then Reset
+    rw.max_iters.value = 3
+    rw.run_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert 3 <= len(ref.history) <= 5
+    rw.reset_button.clicked.emit()
+    assert ref.history == []
+
+
+def test_inspect_error_map_matches_independent_count(setup, qtbot):
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1)
+    iw = widgets["InspectWidget"]
+    iw.error_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    from napari_segattn.inference import predict
+
+    pred = predict(state.loaded.model, img, device="cpu").labels.astype(bool)
+    em = viewer.layers["error map"].data
+    assert (em == 1).sum() == (pred & (gt > 0)).sum()  # TP
+    assert (em == 2).sum() == (~pred & (gt > 0)).sum()  # FN
+    assert (em == 3).sum() == (pred & (gt == 0)).sum()  # FP
+    cmap = viewer.layers["error map"].colormap
+    np.testing.assert_allclose(cmap.map(np.array([1, 2, 3]))[:, :3], [[1, 1, 0], [0, 0, 1], [1, 0, 0]])
+    assert f"TP {(em == 1).sum():,}" in iw.counts.value
+
+
+def test_inspect_saliency_and_attention_layers(setup, qtbot):
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fpa", in_channels=1)
+    iw = widgets["InspectWidget"]
+    iw.n_steps.value = 8
+    iw.saliency_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    sal = viewer.layers["IG saliency class 1"]
+    assert sal.data.shape == img.shape and sal.blending == "additive" and sal.data.max() > 0
+    iw.attention_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    att = viewer.layers["attention maps (axis 0 = stage)"]
+    assert att.data.shape[1:] == img.shape and att.data.shape[0] == len(att.metadata["stages"]) >= 4
+
+
+def test_training_keeps_the_viewer_responsive_and_can_be_saved(setup, qtbot, tmp_path):
+    from qtpy.QtCore import QTimer
+
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1)
+    tw = widgets["TrainWidget"]
+    tw.epochs.value = 2
+    tw.batch_size.value = 2
+    tw.tile.value = 32
+    tw.lr.value = 1e-3
+    tw.out_dir.value = str(tmp_path / "run")
+    gaps, last = [], [time.perf_counter()]
+
+    def tick():
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        if now - last[0] > 0.1:
+            print(f"stall {1000 * (now - last[0]):.0f} ms after {len(tw.train_events)} events "
+                  f"({type(tw.train_events[-1]).__name__ if tw.train_events else '-'})")
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(10)
+    before = {k: v.clone() for k, v in state.loaded.model.state_dict().items()}
+    tw.train_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    timer.stop()
+    from napari_segattn.training import Finished, Step
+
+    assert any(isinstance(e, Finished) for e in tw.train_events)
+    assert sum(isinstance(e, Step) for e in tw.train_events) >= 2
+    assert any(not torch.equal(before[k], v) for k, v in state.loaded.model.state_dict().items())
+    longest = max(gaps[1:]) if len(gaps) > 1 else 0
+    print(f"longest event-loop stall during training: {longest * 1000:.0f} ms over {len(gaps)} ticks")
+    assert longest < 0.2
+    saved = tw.save(path=str(tmp_path / "trained.safetensors"))
+    assert saved.exists()
+    assert tw.save(path=str(saved)) is None  # never overwrites
+
+
+def test_cancel_stops_training(setup, qtbot, tmp_path):
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1)
+    tw = widgets["TrainWidget"]
+    tw.epochs.value = 500
+    tw.batch_size.value = 2
+    tw.tile.value = 32
+    tw.out_dir.value = str(tmp_path / "run")
+    tw.train_button.clicked.emit()
+    qtbot.waitUntil(lambda: len(tw.train_events) >= 3, timeout=60_000)
+    tw.cancel_button.clicked.emit()
+    _wait_idle(qtbot, state, timeout=60_000)
+    from napari_segattn.training import Cancelled
+
+    assert isinstance(tw.train_events[-1], Cancelled)
+
+
+def test_training_error_is_reported_not_raised(setup, qtbot, tmp_path):
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1)
+    tw = widgets["TrainWidget"]
+    tw.batch_size.value = 64  # more than the 3 training tiles, with the recipe's drop_last
+    tw.tile.value = 32
+    tw.out_dir.value = str(tmp_path / "run")
+    tw.train_button.clicked.emit()
+    _wait_idle(qtbot, state, timeout=60_000)
+    assert "batch size 64" in tw.status.value
+
+
+def test_compare_two_checkpoints_gives_shift_table(setup, qtbot, tmp_path):
+    from napari_segattn.models import build_model, save_model
+
+    viewer, widgets, state, img, gt = setup
+    torch.manual_seed(1)
+    a = save_model(build_model("unet", in_channels=1), tmp_path / "a.safetensors")
+    torch.manual_seed(2)
+    b = save_model(build_model("fpa", in_channels=1), tmp_path / "b.safetensors")
+    cw = widgets["CompareWidget"]
+    cw.ckpt_a.value, cw.ckpt_b.value = str(a), str(b)
+    cw.n_steps.value = 8
+    cw.compare_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    res = cw.result
+    assert res is not None
+    # saliency mass fractions over the ground-truth regions sum to one for each side
+    np.testing.assert_allclose(res.mass_a.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(res.mass_b.sum(axis=1), 1.0, atol=1e-5)
+    assert "attention shift (b - a)" in viewer.layers
+    out = cw.export(); assert out is None  # no path chosen -> clear error, nothing written
+    cw.out.value = str(tmp_path / "shift.csv")
+    assert cw.export().exists() and (tmp_path / "shift.json").exists()
