@@ -23,6 +23,10 @@ def add_parser(sub) -> None:
     src.add_argument("--labels", help="label volume for --volume")
     src.add_argument("--axis", type=int, default=0, help="slice axis of the volume (default 0)")
     p.add_argument("--binarize", action="store_true", help="labels > 0 are foreground")
+    p.add_argument("--tile", type=int, default=0,
+                   help="cut 2D images into TILE x TILE training tiles (0 = whole images)")
+    p.add_argument("--model-options", default="{}", metavar="JSON",
+                   help='extra model options, e.g. \'{"width": 8}\' or \'{"dilation": 6}\'')
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -54,6 +58,30 @@ def _dataset(args, seed: int):
     except DataError as exc:
         raise CLIError(str(exc)) from None
     raise CLIError("no data: give --images DIR --masks DIR or --volume F --labels F")
+
+
+def _tiled(ds, tile: int, seed: int):
+    """The same samples cut into tiles (so one large image can give train and val samples)."""
+    from ..data import SegmentationDataset, tile_pairs
+
+    images, labels = [], []
+    for i in range(len(ds)):
+        ims, labs = tile_pairs(ds.raw(i), ds.label(i), tile)
+        images += ims
+        labels += labs
+    return SegmentationDataset.from_arrays(images, labels, channel_axis=0, normalization=ds.normalization, seed=seed)
+
+
+def _model_options(text: str) -> dict:
+    import json
+
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"--model-options is not valid JSON: {exc}") from None
+    if not isinstance(opts, dict):
+        raise CLIError('--model-options must be a JSON object, e.g. {"width": 8}')
+    return opts
 
 
 def _config(args):
@@ -145,6 +173,8 @@ def run(args) -> int:
     except RuntimeError as exc:
         raise CLIError(str(exc)) from None
     ds = _dataset(args, cfg.seed)
+    if args.tile > 0:
+        ds = _tiled(ds, args.tile, cfg.seed)
     ds.augmenter = build_augmenter(cfg)
     if args.val_fraction > 0:
         if len(ds) < 2:
@@ -155,7 +185,8 @@ def run(args) -> int:
     out_channels = 1 if ds.num_classes <= 2 else ds.num_classes
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     try:
-        model = build_model(args.model, in_channels=ds.num_channels, out_channels=out_channels)
+        model = build_model(args.model, **{"in_channels": ds.num_channels, "out_channels": out_channels,
+                                           **_model_options(args.model_options)})
     except (TypeError, ValueError) as exc:
         raise CLIError(f"cannot build {args.model!r} for {ds.num_channels} channel(s), {out_channels} output(s): {exc}") from None
     progress = _Progress(enabled=rank == 0)

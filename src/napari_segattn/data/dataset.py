@@ -163,9 +163,16 @@ class SegmentationDataset(Dataset):
         return uniq.pop() if len(uniq) == 1 else None
 
     def set_epoch(self, epoch: int) -> None:
+        # Augmentation draws restart each epoch, so a sample's flips depend only on
+        # (seed, epoch, index): exact resume and DDP ranks see what one process would.
         self._epoch = int(epoch)
+        self._draws = [0] * len(self._draws)
 
     # ---- access ---------------------------------------------------------------------------
+    def label(self, i: int) -> np.ndarray:
+        """The HxW integer labels of sample ``i`` (after binarize / label_map)."""
+        return self._labels[i]
+
     def raw(self, i: int) -> np.ndarray:
         """The un-normalised CxHxW image as loaded (FANet's Otsu masks are made from it)."""
         return self._images[i]

@@ -164,6 +164,8 @@ class FANet(SegmentationModel):
     The final concat of the input mask before the 1x1 output conv is kept in every mode, as in
     the released code (it is part of the 5.76M "without MixPool" count).
     ``mask_grad``: ``"none"`` (released, fmask branch untrained) or ``"ste"``.
+    ``width``: channels of the first encoder block (released 32; the others scale with it). Not in
+    the paper; it lets a small demo model ship with the package (width 8: ~0.5M parameters).
     """
 
     stride = 16
@@ -174,22 +176,26 @@ class FANet(SegmentationModel):
         out_channels: int = 1,
         mixpool: str = "all",
         mask_grad: str = "none",
+        width: int = 32,
     ) -> None:
         super().__init__(in_channels, out_channels)
+        if width < 2 or width % 2:
+            raise ValueError(f"width must be an even number >= 2; got {width}")
         if mask_grad not in MASK_GRAD_MODES:
             raise ValueError(f"mask_grad must be one of {MASK_GRAD_MODES}; got {mask_grad!r}")
         at = _mixpool_at(mixpool)
         self.mixpool_mode = mixpool
         self.mask_grad = mask_grad
-        enc = [in_channels, 32, 64, 128, 256]
+        w = width
+        enc = [in_channels, w, 2 * w, 4 * w, 8 * w]
         self.encoders = nn.ModuleList(
             _EncoderBlock(enc[i], enc[i + 1], at[i], mask_grad) for i in range(4)
         )
-        dec = [(256, 256, 128), (128, 128, 64), (64, 64, 32), (32, 32, 16)]
+        dec = [(8 * w, 8 * w, 4 * w), (4 * w, 4 * w, 2 * w), (2 * w, 2 * w, w), (w, w, w // 2)]
         self.decoders = nn.ModuleList(
             _DecoderBlock(i, s, o, at[4 + k], mask_grad) for k, (i, s, o) in enumerate(dec)
         )
-        self.output = nn.Conv2d(16 + 1, out_channels, kernel_size=1)
+        self.output = nn.Conv2d(w // 2 + 1, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
         if mask is None:
