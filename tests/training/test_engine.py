@@ -166,7 +166,12 @@ def test_fanet_every_epoch_policy_commits_always():
     torch.manual_seed(0)
     cfg = dataclasses.replace(recipe_for("fanet"), epochs=6, batch_size=2, lr=0.05, augment="none", mask_update="every_epoch")
     events = Trainer(build_model("_tiny_fb"), toy_dataset(4), toy_dataset(2, seed=5), cfg, device="cpu").fit()
-    assert all(e.masks_committed for e in events if isinstance(e, Validation))
+    vals = [e for e in events if isinstance(e, Validation)]
+    assert all(e.masks_committed for e in vals)
+    # the store's memory is reported against dense bool masks (one byte per pixel)
+    ds = toy_dataset(4)
+    dense = sum(ds.sample(i)["label"].size for i in range(len(ds)))
+    assert all(e.mask_dense_bytes == dense and 0 <= e.mask_store_bytes < dense for e in vals)
 
 
 def test_fanet_gets_the_stored_mask_as_second_input():

@@ -145,7 +145,11 @@ class _Progress:
         elif isinstance(e, Validation):
             self.close()
             m = " ".join(f"{k} {e.metrics[k]:.4f}" for k in ("dice", "iou") if k in e.metrics)
-            print(f"epoch {e.epoch + 1}: val loss {e.loss:.4f} {m}{' *' if e.improved else ''}", file=sys.stderr)
+            store = ""
+            if e.mask_store_bytes is not None and e.mask_dense_bytes:
+                store = (f" | mask store {e.mask_store_bytes / 1024:.1f} KiB RLE vs {e.mask_dense_bytes / 1024:.1f} KiB dense"
+                         f" ({e.mask_dense_bytes / max(1, e.mask_store_bytes):.1f}x)")
+            print(f"epoch {e.epoch + 1}: val loss {e.loss:.4f} {m}{' *' if e.improved else ''}{store}", file=sys.stderr)
         elif isinstance(e, Checkpoint) and e.kind == "best":
             pass
         elif isinstance(e, (Finished, Cancelled)):

@@ -252,7 +252,8 @@ def plot(path: Path, kind: str, series: dict[str, Sequence[float]], x: Sequence,
 
 
 def mean_rows(rows: list[dict], keys: Sequence[str]) -> dict:
-    """Mean of ``keys`` over rows, NaN skipped and inf counted as inf (FPA's HD95 convention is moot here)."""
+    """Mean of ``keys`` over rows with NaN skipped (e.g. precision of an empty prediction); an inf
+    HD95 (one mask empty) makes the mean inf, as ``metrics.segmentation_metrics`` does."""
     out = {}
     for k in keys:
         vals = np.array([r[k] for r in rows], dtype=np.float64)

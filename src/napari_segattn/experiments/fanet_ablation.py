@@ -24,8 +24,8 @@ PAPER = {"B1": {"iou": 0.9128, "dice": 0.9544, "recall": 0.9597, "precision": 0.
          "B4": {"iou": 0.9134, "dice": 0.9547, "recall": 0.9568, "precision": 0.9529}}
 VARIANTS = {"B1": {"mixpool": "none"}, "MixPool": {"mixpool": "all"}, "MixPool-STE": {"mixpool": "all", "mask_grad": "ste"}}
 SCALE = {
-    "smoke": dict(factor=16, crop=None, epochs=1, n_train=2, iterations=2),
-    "reduced": dict(factor=8, crop=None, epochs=8, n_train=None, iterations=11),
+    "smoke": dict(factor=16, crop=None, epochs=1, n_train=2, iterations=2, n_test=1),
+    "reduced": dict(factor=8, crop=None, epochs=3, n_train=None, iterations=11),
     "full": dict(factor=1, crop=None, epochs=500, n_train=None, iterations=11),
 }
 KEYS = ("dice", "iou", "recall", "precision")
@@ -45,6 +45,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     images = [np.repeat(im, 3, axis=0) for im in images]
     split = common.em_split(len(images))
     train_idx = split["train"][: p["n_train"]] if p["n_train"] else split["train"]
+    split["test"] = split["test"][: p.get("n_test")]
     cfg = recipe_for("fanet")
     cfg = dataclasses.replace(cfg, epochs=p["epochs"], seed=cfg.seed if seed is None else seed)
     norm = Normalization("zscore", per="image")

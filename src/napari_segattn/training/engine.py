@@ -373,7 +373,10 @@ class Trainer:
                     if s is not None:
                         s.discard()
         if self.val_loader is not None:
-            yield self._emit(Validation(epoch, val_loss, metrics, improved, committed))
+            store = self.mask_store
+            yield self._emit(Validation(epoch, val_loss, metrics, improved, committed,
+                                        mask_store_bytes=store.nbytes if store is not None else None,
+                                        mask_dense_bytes=store.dense_nbytes if store is not None else None))
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             if self.val_loader is not None:
                 self.scheduler.step(val_loss)

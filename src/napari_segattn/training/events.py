@@ -39,6 +39,9 @@ class Validation(Event):
     metrics: dict[str, Any] = field(default_factory=dict)
     improved: bool = False  # by the recipe's selection rule (best model written)
     masks_committed: bool = False  # FANet feedback masks replaced this epoch
+    # FANet: bytes the run-length-encoded training mask store holds vs dense bool masks
+    mask_store_bytes: int | None = None
+    mask_dense_bytes: int | None = None
 
 
 @dataclass(frozen=True)

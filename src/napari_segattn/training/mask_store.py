@@ -118,7 +118,8 @@ class MaskStore:
     def stage_codes(self, codes: dict[int, tuple[tuple[int, int], np.ndarray]]) -> None:
         """Stage already-encoded masks (gathered from other DDP ranks)."""
         for i, (shape, runs) in codes.items():
-            self._staged[int(i)] = ((int(shape[0]), int(shape[1])), np.asarray(runs, dtype=np.int64))
+            hw = (int(shape[0]), int(shape[1]))
+            self._staged[int(i)] = (hw, _compact(np.asarray(runs), hw))
 
     # -- memory -------------------------------------------------------------------------
     @property
@@ -158,4 +159,13 @@ def _encode(mask: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
         mask = mask[0]
     if mask.ndim != 2:
         raise ValueError(f"a feedback mask is H×W, got shape {mask.shape}")
-    return (int(mask.shape[0]), int(mask.shape[1])), rle_encode(mask > 0)
+    shape = (int(mask.shape[0]), int(mask.shape[1]))
+    return shape, _compact(rle_encode(mask > 0), shape)
+
+
+def _compact(runs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Store runs in the smallest unsigned type that holds H*W (uint16 up to 256x256):
+    with int64 a fragmented mask costs 16 bytes a run and can exceed the dense mask."""
+    n = shape[0] * shape[1]
+    dtype = np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32 if n <= np.iinfo(np.uint32).max else np.int64
+    return np.asarray(runs).astype(dtype)

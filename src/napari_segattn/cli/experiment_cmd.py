@@ -1,0 +1,45 @@
+"""``segattn experiment NAME --data PATH [--full] [--out DIR] [--seed N]``: reproduce a paper claim.
+
+NAME: fanet-ablation | mistakes | attention-shift | fu-net. Default is the CPU-sized
+``reduced`` scale; ``--full`` is the paper's configuration (GPU); ``--smoke`` a seconds-long
+check of the pipeline. Writes CSV tables, PNG figures and results.json (docs/reproduction.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import CLIError
+
+NAMES = ("fanet-ablation", "mistakes", "attention-shift", "fu-net")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("experiment", help="reproduce a paper's claim on the shared real data (tables + figures)")
+    p.add_argument("name", choices=NAMES)
+    p.add_argument("--data", default=None, help="shared data root holding isbi2012_em/ and mni152/ "
+                                                "(default: $SEGATTN_SHARED_DATA or ../shared/data)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="the paper's scale (full resolution and epochs; GPU)")
+    size.add_argument("--smoke", action="store_true", help="a tiny 1-epoch run that checks the pipeline")
+    p.add_argument("--out", default=None, help="output folder (default: experiments-results/NAME)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the recipe's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing results.json")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..data import DataError
+    from ..experiments import run_study
+
+    scale = "full" if args.full else "smoke" if args.smoke else "reduced"
+    out = Path(args.out) if args.out else Path("experiments-results") / args.name
+    if (out / "results.json").exists() and not args.overwrite:
+        raise CLIError(f"{out / 'results.json'} exists; pass --overwrite or another --out")
+    try:
+        result = run_study(args.name, args.data, out, scale=scale, seed=args.seed,
+                           log=lambda s: print(s, flush=True))
+    except DataError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"{args.name} ({scale}) finished in {result['wall_seconds']:.0f} s; results in {out}")
+    return 0

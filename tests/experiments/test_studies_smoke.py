@@ -1,0 +1,97 @@
+"""Smoke runs of the four studies (1 epoch, tiny subsets) on the real shared data: the whole
+pipeline runs, writes its files, and its numbers agree with independent computations."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from napari_segattn.cli import main
+from napari_segattn.experiments import run_study
+
+
+def _csv(path):
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, shared_data):
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            out = tmp_path_factory.mktemp(name)
+            cache[name] = (run_study(name, shared_data, out, scale="smoke", log=lambda s: None), out)
+        return cache[name]
+
+    return get
+
+
+def test_fanet_ablation_rows_and_otsu_baseline(smoke, shared_data):
+    from napari_segattn.data import isbi2012_em, otsu_mask
+    from napari_segattn.experiments import common
+    from napari_segattn.metrics import binary_metrics
+
+    res, out = smoke("fanet-ablation")
+    for f in ("table.csv", "per_iteration.csv", "per_image.csv", "error_maps.png", "results.json"):
+        assert (out / f).is_file()
+    iters = {(r["variant"], r["iteration"]) for r in res["per_iteration"]}
+    assert iters == {(v, it) for v in ("B1", "MixPool", "MixPool-STE") for it in ("init", 0, 1)}
+    # The "Otsu input mask" row is the released iteration-0 feedback: recompute it directly.
+    ds = isbi2012_em(shared_data)
+    i = res["split"]["test"][0]
+    img, lab = common.downsample(ds.raw(i), ds.sample(i)["label"], 16)
+    expect = binary_metrics(otsu_mask(np.repeat(img, 3, axis=0), channel_axis=0), lab.astype(bool))
+    otsu = next(r for r in res["table"] if r["row"] == "Otsu input mask")
+    assert otsu["dice"] == pytest.approx(expect["dice"], abs=1e-9)
+    b2 = next(r for r in res["table"] if r["row"].startswith("B2"))
+    mix0 = next(r for r in res["per_iteration"] if r["variant"] == "MixPool" and r["iteration"] == 0)
+    assert b2["dice"] == mix0["dice"] and b2["paper_dice"] == 0.9540
+
+
+def test_mistakes_rates_are_consistent(smoke):
+    res, out = smoke("mistakes")
+    assert [r["model"] for r in res["table"]] == ["unet", "aunet", "fpa", "rfna"]
+    per_image = _csv(out / "per_image.csv")
+    assert len(per_image) == 4 * 3
+    for r in per_image:  # FN rate = FN/(FN+TP) = 1 - recall on every image with foreground
+        assert float(r["fn_rate"]) == pytest.approx(1 - float(r["recall"]), abs=1e-5)
+    for r in res["table"]:
+        assert 0 <= r["pooled_fn_rate"] <= 1 and 0 <= r["pooled_fp_rate"] <= 1
+    # membranes are the thin minority class
+    assert 0.05 < res["foreground_fraction_test"] < 0.5
+    for m in res["table"]:
+        assert (out / f"error_map_{m['model']}.png").is_file()
+
+
+def test_attention_shift_masses_partition_the_saliency(smoke):
+    res, out = smoke("attention-shift")
+    assert [r["alpha"] for r in res["dice_vs_alpha"]] == ["none", "8"]
+    rows = _csv(out / "attention_shift.csv")
+    for r in rows:  # every pixel is background, GM or WM, so the shares sum to 1
+        assert sum(float(r[f"mass_{k}"]) for k in ("background", "GM", "WM")) == pytest.approx(1, abs=1e-6)
+    ref = [r for r in rows if r["alpha"] == "none"]
+    assert all(abs(float(r[f"delta_{k}"])) < 1e-12 for r in ref for k in ("GM", "WM"))
+    assert all(np.isfinite(r["saliency_relative_gap"]) for r in res["dice_vs_alpha"])
+    assert (out / "saliency_maps.png").is_file()
+
+
+def test_fu_net_compares_both_losses(smoke):
+    res, out = smoke("fu-net")
+    assert [(r["n_train"], r["method"].split()[0]) for r in res["table"]] == [(2, "BRU-net"), (2, "FU-net")]
+    for r in res["table"]:
+        assert 0 <= r["dice_GM"] <= 1 and 0 <= r["dice_WM"] <= 1
+
+
+def test_cli_refuses_to_overwrite(tmp_path, shared_data, capsys):
+    out = tmp_path / "fu"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    assert main(["experiment", "fu-net", "--smoke", "--data", str(shared_data), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text()) == {}
+    assert main(["experiment", "fu-net", "--data", str(tmp_path), "--smoke", "--out", str(tmp_path / "x")]) == 2
