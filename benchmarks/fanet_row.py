@@ -88,6 +88,15 @@ def run(quick: bool, device: torch.device, options: dict | None = None) -> dict:
     dt = _autocast_dtype(device)
     t, p = timed(tuned(cl_model, channels_last=True, amp=True), device, repeat=repeat)
     rows.append(variant(f"inference_mode + channels_last + {str(dt).split('.')[-1]} autocast", t, t_ref, **agree(p)))
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        # on a busy machine, OpenMP threads that spin-wait for each other can cost more than they give
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t, p = timed(tuned(cl_model, channels_last=True), device, repeat=repeat)
+        finally:
+            torch.set_num_threads(n)
+        rows.append(variant("inference_mode + channels_last, 1 thread", t, t_ref, **agree(p)))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         t, p = timed(tuned(cl_model, channels_last=True, amp=True), device, repeat=max(repeat, 10), warmup=3)

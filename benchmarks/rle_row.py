@@ -45,13 +45,14 @@ def run(quick: bool, device: torch.device, options: dict | None = None) -> dict:
     dec = (time.perf_counter() - t0) / len(masks)
     dense = sum(m.size for m in masks)  # bool = one byte per pixel
     packed = sum(np.packbits(m).nbytes for m in masks)
+    dtypes = sorted({str(store._codes[i][1].dtype) for i in store.indices()})
     return {
         "what": f"FANet mask store, {source}",
         "reference": "dense bool arrays (1 byte per pixel)",
         "config": {"masks": len(masks)},
         "reference_s": None,
         "variants": [
-            variant("MaskStore (RLE, int64 runs)", None, None, bytes=store.nbytes, dense_bytes=dense,
+            variant(f"MaskStore (RLE, {'/'.join(dtypes)} runs)", None, None, run_dtype=dtypes[0], bytes=store.nbytes, dense_bytes=dense,
                     bytes_ratio=dense / store.nbytes, round_trip_exact=ok, encode_s_per_mask=enc,
                     decode_s_per_mask=dec),
             variant("for comparison: np.packbits (1 bit per pixel)", None, None, bytes=packed,

@@ -54,6 +54,7 @@ def _run_child(name: str, args: argparse.Namespace) -> dict:
                "--device", args.device, "--quiet"]
         cmd += ["--quick"] if args.quick else []
         cmd += ["--compile"] if args.compile else []
+        cmd += ["--threads", str(args.threads)] if args.threads else []
         proc = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         if proc.returncode != 0:
             return {"name": name, "error": f"row process exited with status {proc.returncode}"}
@@ -95,10 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="write all results as JSON")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--compile", action="store_true", help="add a torch.compile variant (compile time reported)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads in every row (default: torch's choice)")
     p.add_argument("--in-process", action="store_true", help="run rows in this process (peak RSS is cumulative)")
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = args.only or list(ROWS)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     options = {"compile": args.compile}
     t0 = time.perf_counter()
     results = []
@@ -109,9 +115,12 @@ def main(argv: list[str] | None = None) -> int:
             print(format_row(r), flush=True)
     meta = {"command": " ".join([os.path.basename(sys.executable), "-m", "benchmarks.run", *(argv or sys.argv[1:])]),
             "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-            "python": platform.python_version(), "total_s": time.perf_counter() - t0}
+            "python": platform.python_version(), "total_s": time.perf_counter() - t0,
+            # other processes on the machine distort CPU timings: say how busy it was
+            "loadavg_1min_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if not args.quiet:
-        print(f"total {meta['total_s']:.1f} s on {meta['cpus']} CPUs")
+        print(f"total {meta['total_s']:.1f} s on {meta['cpus']} CPUs (1-min load average after: "
+              f"{meta['loadavg_1min_after']})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "rows": results}, f, indent=1)

@@ -11,7 +11,7 @@ from ._common import gpu_peak_mb, reset_gpu_peak, timed, variant
 from ._models import tiny_unet
 
 FULL = {"size": 256, "n_steps": 50, "window": 8, "stride": 8}
-QUICK = {"size": 128, "n_steps": 8, "window": 8, "stride": 8}
+QUICK = {"size": 96, "n_steps": 4, "window": 8, "stride": 8}
 
 
 def run(quick: bool, device: torch.device, options: dict | None = None) -> dict:

@@ -74,6 +74,7 @@ def test_attention_shift_masses_partition_the_saliency(smoke):
     rows = _csv(out / "attention_shift.csv")
     for r in rows:  # every pixel is background, GM or WM, so the shares sum to 1
         assert sum(float(r[f"mass_{k}"]) for k in ("background", "GM", "WM")) == pytest.approx(1, abs=1e-6)
+    assert {r["explained"] for r in rows} == {"GM", "WM"}  # target classes 1 and 2, named
     ref = [r for r in rows if r["alpha"] == "none"]
     assert all(abs(float(r[f"delta_{k}"])) < 1e-12 for r in ref for k in ("GM", "WM"))
     assert all(np.isfinite(r["saliency_relative_gap"]) for r in res["dice_vs_alpha"])

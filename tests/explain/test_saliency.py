@@ -132,3 +132,11 @@ def test_gap_flags_instance_norm_scale_invariance():
     s = saliency(m, img, 1, window=8, stride=8)
     assert s.relative_gap > 0.9 and s.warning and "InstanceNorm" in s.warning
     assert saliency(m, img, 1, window=8, stride=8, baseline="blur", blur_sigma=2.0).relative_gap < s.relative_gap
+
+
+def test_ig_batch_size_bounds_pixels_per_pass():
+    from napari_segattn.explain.memory import PIXEL_BUDGET, ig_batch_size
+
+    assert ig_batch_size((512, 512), 50) == PIXEL_BUDGET // (512 * 512) == 4
+    assert ig_batch_size((3, 2048, 2048), 50) == 1  # never zero
+    assert ig_batch_size((32, 32), 8) == 8  # never more than the steps

@@ -23,7 +23,8 @@ def add_saliency_options(p) -> None:
     p.add_argument("--stride", type=int, default=8)
     p.add_argument("--steps", type=int, default=50, help="IG integration steps")
     p.add_argument("--baseline", default="zeros", choices=["zeros", "blur", "mean"])
-    p.add_argument("--internal-batch-size", type=int, default=None)
+    p.add_argument("--internal-batch-size", type=int, default=None,
+                   help="IG steps per forward pass (default: about 1 MPixel per pass, to bound memory)")
     p.add_argument("--slice", type=int, default=None, help="slice index of a volume (default: the middle)")
 
 
@@ -80,9 +81,12 @@ def write_maps(out: Path, stem: str, m2: np.ndarray, f, place, overwrite: bool) 
     return paths
 
 
-def saliency_kwargs(args) -> dict:
+def saliency_kwargs(args, img: np.ndarray, channel_axis: int | None) -> dict:
+    from ..explain.memory import ig_batch_size
+
+    spatial = [d for i, d in enumerate(img.shape) if channel_axis is None or i != channel_axis % img.ndim]
     return dict(method=args.method, window=args.window, stride=args.stride, n_steps=args.steps,
-                baseline=args.baseline, internal_batch_size=args.internal_batch_size)
+                baseline=args.baseline, internal_batch_size=args.internal_batch_size or ig_batch_size(spatial, args.steps))
 
 
 def run(args) -> int:
@@ -99,7 +103,7 @@ def run(args) -> int:
     with user_errors():
         try:
             sal = saliency(model, img, list(args.classes), channel_axis=c2, device=args.device,
-                           **saliency_kwargs(args))
+                           **saliency_kwargs(args, img, c2))
         except ValueError as exc:
             raise CLIError(str(exc)) from None
         out.mkdir(parents=True, exist_ok=True)

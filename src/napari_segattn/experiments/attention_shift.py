@@ -37,7 +37,9 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     p = SCALE[common.check_scale(scale)]
     out = Path(out)
     images, labels, names, zs, train_idx, test_idx = mni.load(data, p["factor"], p["n_train"], p["n_test"])
-    sal_idx = common.evenly(test_idx, p["n_sal"])
+    # Saliency on the middle test slices (most tissue); the end slices are mostly background.
+    mid = len(test_idx) // 2
+    sal_idx = test_idx[max(0, mid - p["n_sal"] // 2):][: p["n_sal"]]
     log(f"{NAME}: {len(train_idx)} train / {len(test_idx)} test axial slices at {images[0].shape[-2:]}, "
         f"{p['epochs']} epochs, alphas {[_label(a) for a in p['alphas']]}")
     # FU-net's recipe (Adam 1e-3, clip 5, no flips) with plain CE: the paper's loss is not stated.
@@ -53,7 +55,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
         maps, gaps = [], []
         for i in sal_idx:
             s = saliency(res.model, images[i][0], [1, 2], method="fast", baseline="zeros", n_steps=p["n_steps"])
-            maps.append(s.map)
+            maps.append(s)  # keeps target_classes [1, 2], so rows are named GM / WM
             gaps.append(float(s.relative_gap))
         sal[_label(alpha)] = maps
         dice_rows.append({"alpha": _label(alpha), **mean, "saliency_relative_gap": float(np.max(gaps)),
@@ -85,7 +87,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     i0 = sal_idx[0]
     rows = []
     for k in range(2):  # GM then WM saliency, one column per alpha
-        rows.append(common.panel([mni.to_gray(images[i0][0])] + [common.gray_u8(np.abs(sal[a][0][k])) for a in alphas]))
+        rows.append(common.panel([mni.to_gray(images[i0][0])] + [common.gray_u8(np.abs(sal[a][0].map[k])) for a in alphas]))
     common.write_png(out / "saliency_maps.png", np.concatenate(rows, axis=0))
     summary = []
     for a in alphas:

@@ -30,6 +30,8 @@ __all__ = [
     "prepare_stack",
     "run_batches",
     "drive",
+    "use_channels_last",
+    "CPU_CHANNELS_LAST",
 ]
 
 
@@ -110,13 +112,26 @@ def prepare_stack(
     return layout, stack(raw_cf), np.ascontiguousarray(stack(norm_cf))
 
 
+#: Models that run faster with channels-last memory on CPU too (measured in
+#: docs/performance.md: FANet 1.3x; FPA's depthwise + InstanceNorm blocks run ~1.8x *slower*).
+CPU_CHANNELS_LAST = frozenset({"fanet"})
+
+
+def use_channels_last(traits: ModelTraits, device: torch.device) -> bool:
+    """Channels-last memory: always on CUDA (tensor cores); on CPU only where measured faster."""
+    return device.type == "cuda" or (device.type == "cpu" and traits.name in CPU_CHANNELS_LAST)
+
+
 @contextlib.contextmanager
-def _eval_on(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
-    """Eval mode + device for the block; the caller's train/eval flag is restored after."""
+def _eval_on(model: torch.nn.Module, device: torch.device, channels_last: bool | None = None) -> Iterator[None]:
+    """Eval mode + device for the block; the caller's train/eval flag is restored after.
+
+    ``channels_last=None`` keeps the released rule (channels-last on CUDA only).
+    """
     was_training = model.training
     model.eval()
     model.to(device)
-    if device.type == "cuda":
+    if channels_last or (channels_last is None and device.type == "cuda"):
         model.to(memory_format=torch.channels_last)
     try:
         yield
@@ -130,6 +145,28 @@ def _oom_message(batch_size: int) -> str:
             f"(CLI: --batch-size {smaller}) or device='cpu'")
 
 
+def _upload(arr: np.ndarray, device: torch.device, memory_format: torch.memory_format) -> torch.Tensor:
+    """Host array -> device tensor. On CUDA via pinned memory and a non-blocking copy, so the
+    host can slice and pin the next batch while the GPU still works on this one."""
+    t = torch.from_numpy(np.ascontiguousarray(arr))
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return t.contiguous(memory_format=memory_format) if t.ndim == 4 else t
+
+
+@contextlib.contextmanager
+def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
+    # cuDNN autotuning pays off because every batch but the last has the same shape.
+    old = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = enabled or old
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = old
+
+
 def run_batches(
     model: torch.nn.Module,
     traits: ModelTraits,
@@ -140,30 +177,37 @@ def run_batches(
     device: torch.device,
     amp: bool,
     cancel: Callable[[], bool] | None = None,
+    channels_last: bool | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(slices_done, probabilities (b, K, H, W))`` batch by batch (inference mode)."""
+    """Yield ``(slices_done, probabilities (b, K, H, W))`` batch by batch (inference mode).
+
+    ``channels_last=None``: on CUDA always, on CPU for :data:`CPU_CHANNELS_LAST` models.
+    AMP (``amp``) is CUDA only: float16 autocast (bf16 on CPU was slower here, see
+    docs/performance.md); probabilities are computed in float32 either way.
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     use_amp = bool(amp) and device.type == "cuda"
-    mf = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    if channels_last is None:
+        channels_last = use_channels_last(traits, device)
+    mf = torch.channels_last if channels_last else torch.contiguous_format
     n = stack.shape[0]
-    for start in range(0, n, batch_size):
-        if cancel is not None and cancel():
-            raise Cancelled("prediction cancelled")
-        stop = min(n, start + batch_size)
-        try:
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                x = torch.from_numpy(stack[start:stop]).to(device).contiguous(memory_format=mf)
-                args = [x]
-                if traits.takes_mask:
-                    m = torch.from_numpy(masks[start:stop].astype(np.float32))[:, None].to(device)
-                    args.append(m)
-                p = to_probabilities(model(*args), traits.reverse_labels)
-                out = p.float().cpu().numpy()
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            raise GPUMemoryError(_oom_message(batch_size)) from None
-        yield stop, out
+    with _cudnn_benchmark(device.type == "cuda"):
+        for start in range(0, n, batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled("prediction cancelled")
+            stop = min(n, start + batch_size)
+            try:
+                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                    args = [_upload(stack[start:stop], device, mf)]
+                    if traits.takes_mask:
+                        args.append(_upload(masks[start:stop, None].astype(np.float32), device, mf))
+                    p = to_probabilities(model(*args), traits.reverse_labels)
+                    out = p.float().cpu().numpy()
+            except torch.cuda.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                raise GPUMemoryError(_oom_message(batch_size)) from None
+            yield stop, out
 
 
 def iter_predict(
@@ -201,7 +245,7 @@ def iter_predict(
     n = stack.shape[0]
     probs = np.empty((n, 1 if traits.binary else traits.out_channels, *stack.shape[2:]), np.float32)
     yield PredictProgress(0, n)
-    with _eval_on(model, dev):
+    with _eval_on(model, dev, use_channels_last(traits, dev)):
         for done, out in run_batches(model, traits, stack, masks, batch_size=batch_size, device=dev,
                                      amp=amp, cancel=cancel):
             probs[done - out.shape[0]:done] = out

@@ -24,7 +24,7 @@ import torch
 from ..devices import resolve_device
 from .layout import InputError
 from .masks import binarize, initial_masks
-from .predict import Cancelled, _eval_on, prepare_stack, run_batches
+from .predict import Cancelled, _eval_on, prepare_stack, run_batches, use_channels_last
 from .traits import model_traits
 
 __all__ = ["FANetRefiner", "IterationResult"]
@@ -151,7 +151,7 @@ class FANetRefiner:
         masks = self.layout.spatial_to_stack(fed)
         n = self._stack.shape[0]
         probs = np.empty((n, *self._stack.shape[2:]), np.float32)
-        with _eval_on(self.model, self.device):
+        with _eval_on(self.model, self.device, use_channels_last(self.traits, self.device)):
             for done, out in run_batches(self.model, self.traits, self._stack, masks, batch_size=self.batch_size,
                                          device=self.device, amp=self.amp, cancel=cancel):
                 probs[done - out.shape[0]:done] = out[:, 0]

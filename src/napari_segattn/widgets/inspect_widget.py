@@ -10,6 +10,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, PushButton, RadioButtons, SpinBox
 from napari.utils.notifications import show_error
 
+from ..explain.memory import ig_batch_size
 from .inputs import InputError, gather_input
 from .layers import ERROR_LEGEND, place_slice, upsert_layer
 from .state import get_state
@@ -144,7 +145,8 @@ class InspectWidget(Container):
         k = int(self.target_class.value)
         mask = self._feedback_mask(inp)
         kwargs = dict(method=self.method.value, n_steps=int(self.n_steps.value), baseline=self.baseline.value,
-                      channel_axis=0, device=dev, mask=mask)
+                      channel_axis=0, device=dev, mask=mask,
+                      internal_batch_size=ig_batch_size(inp.image.shape, int(self.n_steps.value)))
 
         def one(img2d):
             return saliency(model, img2d, k, **kwargs)
