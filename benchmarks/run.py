@@ -1,6 +1,7 @@
 """Run the benchmark rows and print each as ratios against its in-process reference.
 
-``python -m benchmarks.run [--quick] [--only NAME ...] [--json OUT] [--device auto|cpu|cuda] [--compile]``
+``python -m benchmarks.run [--quick] [--only NAME ...] [--json OUT] [--device auto|cpu|cuda] [--compile]
+[--threads N] [--config JSON]``
 
 Every row runs in its own Python process (``--in-process`` turns that off) so that its peak
 RSS (``resource.getrusage``, a process high-water mark) belongs to that row alone. Ratios
@@ -55,6 +56,7 @@ def _run_child(name: str, args: argparse.Namespace) -> dict:
         cmd += ["--quick"] if args.quick else []
         cmd += ["--compile"] if args.compile else []
         cmd += ["--threads", str(args.threads)] if args.threads else []
+        cmd += ["--config", json.dumps(args.config)] if args.config else []
         proc = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         if proc.returncode != 0:
             return {"name": name, "error": f"row process exited with status {proc.returncode}"}
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="write all results as JSON")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--compile", action="store_true", help="add a torch.compile variant (compile time reported)")
+    p.add_argument("--config", type=json.loads, default={}, metavar="JSON",
+                   help='override row sizes, e.g. \'{"volume": {"slices": 32}}\' (keys as in each row\'s FULL/QUICK)')
     p.add_argument("--threads", type=int, help="torch.set_num_threads in every row (default: torch's choice)")
     p.add_argument("--in-process", action="store_true", help="run rows in this process (peak RSS is cumulative)")
     p.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    options = {"compile": args.compile}
+    options = {"compile": args.compile, **args.config}
     t0 = time.perf_counter()
     results = []
     for name in names:

@@ -61,3 +61,23 @@ def test_load_checkpoint_shows_config(viewer_with_sample, tmp_path):
     loaded = get_state(viewer_with_sample).loaded
     assert loaded.name == "unet" and loaded.class_names == ["background", "nucleus"]
     assert "zscore" in w.info.value and "nucleus" in w.info.value
+
+
+def test_docked_widgets_keep_layer_choices_through_layer_events(make_napari_viewer):
+    """napari calls reset_choices on docked widgets at every layer event (found by a new user:
+    the pickers were emptied once docked); through the manifest, as `make demo` docks them."""
+    import numpy as np
+
+    from napari_segattn.widgets.demo import launch_demo
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    viewer, docked = launch_demo(sample="dsb2018_nuclei", load_model=False, block=False, viewer=viewer)
+    model_w, refine_w = docked["Model"], docked["Predict and refine"]
+    assert model_w.image_select.value == ["dsb2018_nuclei"]
+    assert model_w.gt_combo.value == "dsb2018_nuclei_gt"
+    viewer.add_labels(np.zeros((512, 512), np.int32), name="my mask")
+    assert "dsb2018_nuclei" in model_w.image_select.choices and model_w.image_select.value == ["dsb2018_nuclei"]
+    assert model_w.gt_combo.value == "dsb2018_nuclei_gt"
+    assert "layer: my mask" in refine_w.init.choices
+    assert get_state(viewer).image_layer_names == ["dsb2018_nuclei"]

@@ -61,4 +61,4 @@ def test_manifest_is_valid():
     from npe2 import PluginManifest
 
     pm = PluginManifest.from_distribution("napari-segattn")
-    assert {w.display_name for w in pm.contributions.widgets} >= {"Model", "Train", "Predict & refine", "Inspect", "Compare"}
+    assert {w.display_name for w in pm.contributions.widgets} >= {"Model", "Train", "Predict and refine", "Inspect", "Compare"}

@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--masks", required=True, help="folder of ground-truth masks with the same file names")
+    p.add_argument("--mask-suffix", default="", help="masks are named <image name><suffix>, e.g. _mask")
     p.add_argument("--binarize", action="store_true", help="ground truth > 0 is foreground (e.g. {0,255} or instance labels)")
     p.add_argument("--iterations", type=int, default=10, help="FANet: feedback iterations (default 10)")
     p.add_argument("--out", default=None, help="write the per-image table as CSV")
@@ -32,7 +33,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def pair_files(images: Path, masks: Path) -> list[tuple[Path, Path]]:
+def pair_files(images: Path, masks: Path, mask_suffix: str = "") -> list[tuple[Path, Path]]:
     from ..inference.files import file_stem
 
     def listing(d: Path) -> dict[str, Path]:
@@ -41,6 +42,8 @@ def pair_files(images: Path, masks: Path) -> list[tuple[Path, Path]]:
         return {file_stem(p): p for p in sorted(d.iterdir()) if p.is_file() and not p.name.startswith(".")}
 
     imgs, msks = listing(images), listing(masks)
+    if mask_suffix:
+        msks = {k[: -len(mask_suffix)] if k.endswith(mask_suffix) else k: v for k, v in msks.items()}
     common = sorted(set(imgs) & set(msks), key=lambda s: (len(s), s))
     if not common:
         raise CLIError(f"no image in {images} has a mask of the same name in {masks}")
@@ -90,7 +93,7 @@ def run(args) -> int:
     refuse_existing([args.out], args.overwrite)
     model = load_cli_model(args.checkpoint)
     traits = model_traits(model)
-    pairs = pair_files(Path(args.images), Path(args.masks))
+    pairs = pair_files(Path(args.images), Path(args.masks), args.mask_suffix)
     rows: list[dict] = []
     for img_path, mask_path in pairs:
         f, data, c, s = read_cli_image(str(img_path), model, args.channel_axis, args.slice_axis)

@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
     src = p.add_argument_group("data (folders of 2D images, or volumes)")
     src.add_argument("--images", help="folder of images")
     src.add_argument("--masks", help="folder of masks with the same file names")
+    src.add_argument("--mask-suffix", default="", help="masks are named <image name><suffix>, e.g. _mask")
     src.add_argument("--volume", nargs="+", metavar="F", help="image volume(s), one per modality")
     src.add_argument("--labels", help="label volume for --volume")
     src.add_argument("--axis", type=int, default=0, help="slice axis of the volume (default 0)")
@@ -50,7 +51,8 @@ def _dataset(args, seed: int):
                 raise CLIError("give either --images/--masks or --volume/--labels, not both")
             if not (args.images and args.masks):
                 raise CLIError("--images and --masks go together")
-            return SegmentationDataset.from_folders(args.images, args.masks, binarize=args.binarize, seed=seed)
+            return SegmentationDataset.from_folders(args.images, args.masks, binarize=args.binarize, seed=seed,
+                                                    mask_suffix=args.mask_suffix)
         if args.volume:
             if not args.labels:
                 raise CLIError("--volume needs --labels")

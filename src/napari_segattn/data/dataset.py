@@ -53,7 +53,7 @@ def _suffix_hint(image_stems: list[str], mask_stems: list[str]) -> str:
         if not hits:
             return ""
         suffixes.add(min(hits, key=len))
-    return f" — the masks look like '<name>{suffixes.pop()}': pass mask_suffix" if len(suffixes) == 1 else ""
+    return f" — the masks look like '<name>{suffixes.pop()}': pass mask_suffix (--mask-suffix on the command line)" if len(suffixes) == 1 else ""
 
 
 def image_to_chw(arr: np.ndarray, name: str) -> np.ndarray:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox, Table
+from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox, Table
 from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, gather_input
 from ..explain.memory import ig_batch_size
-from .layers import upsert_layer
+from .layers import upsert_layer, wrapped_label
 from .state import get_state
 from .workers import run_in_worker
 
@@ -32,7 +32,7 @@ class CompareWidget(Container):
         self.table = Table(value={"data": [], "columns": []})
         self.out = FileEdit(label="export table", mode="w", filter="*.csv")
         self.export_button = PushButton(text="Export CSV + JSON")
-        self.status = Label(value="")
+        self.status = wrapped_label(value="")
         self.extend([self.mode, self.ckpt_a, self.ckpt_b, self.iter_a, self.iter_b, self.n_steps,
                      self.compare_button, self.table, self.out, self.export_button, self.status])
         self.compare_button.changed.connect(self.compare)
@@ -50,6 +50,8 @@ class CompareWidget(Container):
 
     def _jobs(self, inp):
         """[(label, model, feedback mask or None)] for side a and side b."""
+        from pathlib import Path
+
         from ..models import load_model
 
         if self.mode.value == "two checkpoints":
@@ -57,7 +59,8 @@ class CompareWidget(Container):
             for side, edit in (("a", self.ckpt_a), ("b", self.ckpt_b)):
                 path = str(edit.value)
                 model = load_model(path).eval()
-                out.append((f"{side}:{model.segattn_config['name']}", model, None))
+                # the file stem tells two checkpoints of one architecture apart
+                out.append((f"{side}:{Path(path).stem}", model, None))
             return out
         ref = self.state.refiner
         if ref is None or not ref.history:
@@ -74,6 +77,9 @@ class CompareWidget(Container):
     def compare(self, *_):
         from ..explain import attention_shift, saliency
 
+        if self.state.busy:
+            show_error("another job is running; wait for it or cancel it")
+            return None
         try:
             if self.state.loaded is None and self.mode.value != "two checkpoints":
                 raise InputError("load a FANet model first")
@@ -104,6 +110,7 @@ class CompareWidget(Container):
             self._show(inp, jobs, maps, shift)
 
         self.state.busy = True
+        self.status.value = f"computing IG saliency ({n_steps} steps) for both sides..."
         return run_in_worker(work, on_return=done, desc="attention shift", total=2,
                              on_finish=lambda: setattr(self.state, "busy", False))
 
@@ -120,7 +127,7 @@ class CompareWidget(Container):
         rows = shift.rows()
         cols = list(rows[0])
         self.table.value = {"data": [[(f"{r[c]:.4g}" if isinstance(r[c], float) else r[c]) for c in cols] for r in rows],
-                            "columns": cols}
+                            "index": [str(r["class"]) for r in rows], "columns": cols}
         self.status.value = "shift of saliency centroid: " + ", ".join(f"{c}: {s:.2f} px" for c, s in zip(shift.classes, shift.shift_px))
 
     def export(self, *_):

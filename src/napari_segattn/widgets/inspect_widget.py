@@ -7,12 +7,12 @@ import threading
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import ComboBox, Container, PushButton, RadioButtons, SpinBox
 from napari.utils.notifications import show_error
 
 from ..explain.memory import ig_batch_size
 from .inputs import InputError, gather_input
-from .layers import ERROR_LEGEND, place_slice, upsert_layer
+from .layers import ERROR_LEGEND, place_slice, upsert_layer, wrapped_label
 from .state import get_state
 from .workers import run_in_worker
 
@@ -50,8 +50,8 @@ class InspectWidget(Container):
         self.scope = RadioButtons(label="run on", choices=["current slice", "whole volume"], value="current slice",
                                   orientation="horizontal")
         self.error_button = PushButton(text="Error map (TP/FN/FP)")
-        self.legend = Label(value=ERROR_LEGEND)
-        self.counts = Label(value="")
+        self.legend = wrapped_label(value=ERROR_LEGEND)
+        self.counts = wrapped_label(value="")
         self.target_class = SpinBox(label="saliency class", value=1, min=0, max=63)
         self.method = ComboBox(label="IG accumulation", choices=["fast", "abs_windows", "per_window"], value="fast")
         self.n_steps = SpinBox(label="IG steps", value=50, min=2, max=500)
@@ -59,7 +59,7 @@ class InspectWidget(Container):
         self.saliency_button = PushButton(text="IG saliency")
         self.attention_button = PushButton(text="Attention maps")
         self.cancel_button = PushButton(text="Cancel")
-        self.status = Label(value="")
+        self.status = wrapped_label(value="")
         self.extend([self.scope, self.error_button, self.legend, self.counts, self.target_class, self.method,
                      self.n_steps, self.baseline, self.saliency_button, self.attention_button, self.cancel_button,
                      self.status])
@@ -76,6 +76,8 @@ class InspectWidget(Container):
             w.enabled = not busy
 
     def _input(self, need_gt=False):
+        if self.state.busy:
+            raise InputError("another job is running; wait for it or cancel it")
         if self.state.loaded is None:
             raise InputError("load or build a model in the Model widget first")
         imgs, gt = self.state.input_layers(self.viewer)
@@ -93,6 +95,8 @@ class InspectWidget(Container):
 
     def _run(self, fn, inp, on_done, desc):
         self._cancel.clear()
+        n = inp.image.shape[0] if inp.is_volume else 1
+        self.status.value = f"computing {desc} ({n} slice{'s' if n > 1 else ''})... Cancel stops between slices"
         self.state.busy = True
         total = inp.image.shape[0] if inp.is_volume else 1
         return run_in_worker(_slices_generator, fn, inp, self._cancel.is_set, on_return=on_done, desc=desc,
@@ -191,7 +195,7 @@ class InspectWidget(Container):
                 arr = np.stack([a.map for a in per_slice[0]])  # (S, H, W)
             n = 3 if inp.is_volume else 2
             upsert_layer(self.viewer, "image", arr.astype(np.float32), "attention maps (axis 0 = stage)",
-                         colormap="viridis", blending="additive", opacity=0.7,
+                         colormap="viridis", blending="translucent", opacity=0.45,
                          scale=[1.0] + list(inp.scale[-n:]), translate=[0.0] + list(inp.translate[-n:]),
                          metadata={"stages": names})
             self.status.value = f"{len(names)} attention map(s): " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")

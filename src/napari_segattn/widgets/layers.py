@@ -8,9 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["upsert_layer", "place_slice", "ERROR_LEGEND"]
+__all__ = ["upsert_layer", "place_slice", "layer_kind", "wrapped_label", "ERROR_LEGEND"]
 
 ERROR_LEGEND = "TP yellow · FN blue · FP red"
+
+
+def layer_kind(layer) -> str:
+    """'image', 'labels', ... from the layer class (napari 0.9 deprecates ``_type_string``)."""
+    return type(layer).__name__.lower()
+
+
+def wrapped_label(**kwargs):
+    """A magicgui Label whose long text wraps instead of widening the dock."""
+    from magicgui.widgets import Label
+
+    label = Label(**kwargs)
+    label.native.setWordWrap(True)
+    return label
 
 
 def _owned(layer) -> bool:
@@ -23,7 +37,7 @@ def upsert_layer(viewer, kind: str, data: np.ndarray, name: str, **kwargs):
     kwargs["metadata"] = {**kwargs["metadata"], "segattn": True}
     if name in viewer.layers:
         layer = viewer.layers[name]
-        if _owned(layer) and layer._type_string == kind and layer.data.ndim == np.ndim(data):
+        if _owned(layer) and layer_kind(layer) == kind and layer.data.ndim == np.ndim(data):
             layer.data = data
             for key in ("contrast_limits", "opacity", "blending", "scale", "translate", "metadata", "colormap"):
                 if key in kwargs:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import napari
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, Select, SpinBox, TextEdit
+from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, Select, SpinBox, TextEdit
 from napari.utils.notifications import show_error, show_info
 
+from .layers import layer_kind, wrapped_label
 from .state import LoadedModel, get_state
 
 __all__ = ["ModelWidget", "LayerChoices"]
@@ -23,7 +24,7 @@ class LayerChoices:
         self.refresh()
 
     def _names(self, kind: str) -> list[str]:
-        return [l.name for l in self.viewer.layers if l._type_string == kind and not l.metadata.get("segattn")]
+        return [l.name for l in self.viewer.layers if layer_kind(l) == kind and not l.metadata.get("segattn")]
 
     def refresh(self, *_):
         imgs = self._names("image")
@@ -72,7 +73,7 @@ class ModelWidget(Container):
         self.device = ComboBox(label="device", choices=[(lbl, name) for lbl, name in available_devices()], value="auto")
         self.info = TextEdit(label="model", value="no model yet")
         self.info.native.setReadOnly(True)
-        self.status = Label(value="")
+        self.status = wrapped_label(value="")
         self.extend([
             self.image_select, self.gt_combo, self.arch, self.out_channels, self.arch_options, self.build_button,
             self.ckpt, self.load_button, self.device, self.info, self.status,
@@ -92,6 +93,13 @@ class ModelWidget(Container):
     def _publish_inputs(self, *_):
         gt = self.layers.gt_layer()
         self.state.set_inputs([l.name for l in self.layers.image_layers()], gt.name if gt is not None else None)
+
+    def reset_choices(self, *_):
+        """napari calls this on every layer event once docked; magicgui's default would put
+        back the (empty) choices the pickers were created with, so refresh from the viewer."""
+        super().reset_choices()
+        self.layers.refresh()
+        self._publish_inputs()
 
     # -- actions -------------------------------------------------------------------------
     def input_channels(self) -> int:

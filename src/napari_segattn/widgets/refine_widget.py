@@ -7,11 +7,11 @@ import threading
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, RadioButtons, SpinBox
 from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, gather_input
-from .layers import place_slice, upsert_layer
+from .layers import layer_kind, place_slice, upsert_layer, wrapped_label
 from .plot import LivePlot
 from .state import get_state
 from .workers import run_in_worker
@@ -38,7 +38,7 @@ class PredictRefineWidget(Container):
         self.reset_button = PushButton(text="Reset")
         self.cancel_button = PushButton(text="Cancel")
         self.show_probs = CheckBox(label="show probabilities", value=True)
-        self.status = Label(value="")
+        self.status = wrapped_label(value="")
         self.extend([self.scope, self.batch_size, self.predict_button, self.init, self.max_iters, self.tol,
                      self.step_button, self.run_button, self.reset_button, self.cancel_button, self.show_probs,
                      self.status])
@@ -62,10 +62,15 @@ class PredictRefineWidget(Container):
     # -- helpers ---------------------------------------------------------------------------
     def _refresh_inits(self, *_):
         keep = self.init.value
-        labels = [l.name for l in self.viewer.layers if l._type_string == "labels" and not l.metadata.get("segattn")]
+        labels = [l.name for l in self.viewer.layers if layer_kind(l) == "labels" and not l.metadata.get("segattn")]
         self.init.choices = INIT_CHOICES + [f"layer: {n}" for n in labels]
         if keep in self.init.choices:
             self.init.value = keep
+
+    def reset_choices(self, *_):
+        """Called by napari on layer events once docked (see ModelWidget.reset_choices)."""
+        super().reset_choices()
+        self._refresh_inits()
 
     def _model_changed(self, loaded):
         takes_mask = bool(loaded and loaded.takes_mask)
@@ -81,6 +86,8 @@ class PredictRefineWidget(Container):
             w.enabled = not busy and (w is self.predict_button or bool(self.state.loaded and self.state.loaded.takes_mask))
 
     def _input(self):
+        if self.state.busy:
+            raise InputError("another job is running; wait for it or cancel it")
         if self.state.loaded is None:
             raise InputError("load or build a model in the Model widget first")
         imgs, gt = self.state.input_layers(self.viewer)
@@ -137,6 +144,8 @@ class PredictRefineWidget(Container):
         full = place_slice(inp.layer_shape, inp.slice_index, labels, existing if inp.slice_index is not None else None)
         geom = {"scale": inp.scale, "translate": inp.translate}
         upsert_layer(self.viewer, "labels", full, name, opacity=0.5, **geom)
+        if self.show_probs.value and not pred.binary:
+            self.status.value = "probabilities are shown for binary models only"
         if self.show_probs.value and pred.binary:
             prob = place_slice(inp.layer_shape, inp.slice_index, pred.foreground.astype(np.float32))
             upsert_layer(self.viewer, "image", prob, "probability", colormap="magma", blending="additive",
@@ -170,6 +179,8 @@ class PredictRefineWidget(Container):
                                **self._core_layout(inp))
         self._context = inp
         self.state.set_refiner(refiner)
+        if "probability" in self.viewer.layers:  # one probability overlay at a time
+            self.viewer.layers["probability"].visible = False
         self.plot.clear()
         self._show_history()
         return refiner
@@ -178,6 +189,9 @@ class PredictRefineWidget(Container):
         return "feedback mask (paint, then Step)"
 
     def refine(self, max_iters: int, tol):
+        if self.state.busy:
+            show_error("another job is running; wait for it or cancel it")
+            return None
         try:
             refiner = self.ensure_refiner()
         except (InputError, ValueError) as exc:

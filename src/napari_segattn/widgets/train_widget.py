@@ -8,12 +8,13 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, PushButton,
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton,
                               SpinBox)
 from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, gather_input
 from .plot import LivePlot
+from .layers import wrapped_label
 from .state import get_state
 from .workers import run_in_worker
 
@@ -59,7 +60,7 @@ class TrainWidget(Container):
         _warm_up_torch_optim()
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
-        self.recipe = Label(label="recipe", value="(no model)")
+        self.recipe = wrapped_label(label="recipe", value="(no model)")
         self.epochs = SpinBox(label="epochs", value=20, min=1, max=10000)
         self.batch_size = SpinBox(label="batch size", value=4, min=1, max=1024)
         self.lr = FloatSpinBox(label="learning rate (0 = recipe)", value=0.0, min=0.0, max=1.0, step=1e-4)
@@ -76,7 +77,7 @@ class TrainWidget(Container):
         self.cancel_button = PushButton(text="Cancel")
         self.save_path = FileEdit(label="save model as", mode="w", filter="*.safetensors")
         self.save_button = PushButton(text="Save model")
-        self.status = Label(value="")
+        self.status = wrapped_label(value="")
         self.extend([self.recipe, self.epochs, self.batch_size, self.lr, self.loss, self.augment, self.tv_alpha,
                      self.val_fraction, self.tile, self.binarize, self.out_dir, self.train_button, self.cancel_button,
                      self.save_path, self.save_button, self.status])
