@@ -216,3 +216,23 @@ def test_compare_two_checkpoints_gives_shift_table(setup, qtbot, tmp_path):
     out = cw.export(); assert out is None  # no path chosen -> clear error, nothing written
     cw.out.value = str(tmp_path / "shift.csv")
     assert cw.export().exists() and (tmp_path / "shift.json").exists()
+
+
+def test_keyboard_shortcut_steps_refinement(setup, qtbot):
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fanet", in_channels=1)
+    from app_model.types import KeyBinding
+
+    viewer.keymap[KeyBinding.from_str("Alt-S")](viewer)
+    _wait_idle(qtbot, state)
+    assert state.refiner is not None and len(state.refiner.history) == 1
+
+
+def test_load_accepts_a_run_folder(setup, tmp_path):
+    from napari_segattn.models import build_model, save_model
+
+    viewer, widgets, state, img, gt = setup
+    save_model(build_model("unet", in_channels=1), tmp_path / "run" / "last" / "model.safetensors")
+    loaded = widgets["ModelWidget"].load(path=str(tmp_path / "run"))
+    assert loaded is not None and loaded.name == "unet" and loaded.source.endswith("last/model.safetensors")
+    assert widgets["ModelWidget"].load(path=str(tmp_path)) is None  # no model there: clear error

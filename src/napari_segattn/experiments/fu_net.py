@@ -32,7 +32,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     out = Path(out)
     images, labels, names, zs, train_all, test_idx = mni.load(data, p["factor"], None, p["n_test"])
     rec = recipe_for("brunet")
-    table, seconds = [], {}
+    table = []
     for n in p["sizes"]:
         train_idx = common.evenly(train_all, n)
         # Validation (best-model selection in the recipe) is not used: weights after the last epoch.

@@ -4,8 +4,6 @@ slices are correlated, which flatters absolute scores but not the comparisons)."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from ..data import Normalization

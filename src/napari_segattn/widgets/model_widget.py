@@ -133,6 +133,16 @@ class ModelWidget(Container):
         from ..models import CheckpointError, get_spec, load_model
 
         path = str(path or self.ckpt.value)
+        from pathlib import Path
+
+        folder = Path(path)
+        if folder.is_dir():  # a run folder: its best model, else the last epoch's
+            found = [p for p in (folder / "model.safetensors", folder / "last" / "model.safetensors") if p.is_file()]
+            if not found:
+                show_error(f"{folder} holds no model.safetensors (nor last/model.safetensors)")
+                self.status.value = f"error: no model in {folder}"
+                return None
+            path = str(found[0])
         try:
             model = load_model(path)
         except (CheckpointError, OSError) as exc:

@@ -58,6 +58,27 @@ class PredictRefineWidget(Container):
             ev.connect(self._refresh_inits)
         self._refresh_inits()
         self._model_changed(self.state.loaded)
+        self._bind_keys()
+
+    #: keyboard shortcuts on the viewer (napari's own single letters stay untouched)
+    KEYS = {"Alt-S": "step", "Alt-R": "run", "Alt-X": "reset"}
+
+    def _bind_keys(self):
+        actions = {"step": self.step_button, "run": self.run_button, "reset": self.reset_button}
+        for key, action in self.KEYS.items():
+            button = actions[action]
+
+            def press(viewer, button=button):
+                if button.enabled:
+                    button.clicked.emit()
+
+            try:
+                self.viewer.bind_key(key, press, overwrite=True)
+            except Exception:  # pragma: no cover - a napari without bind_key on the viewer
+                pass
+        self.step_button.tooltip = "Step (Alt-S)"
+        self.run_button.tooltip = "Run to convergence (Alt-R)"
+        self.reset_button.tooltip = "Reset (Alt-X)"
 
     # -- helpers ---------------------------------------------------------------------------
     def _refresh_inits(self, *_):
