@@ -12,7 +12,7 @@ APT_PKGS := xvfb xauth libgl1 libegl1 libglx-mesa0 libgl1-mesa-dri libdbus-1-3 l
 	libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
 	libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1
 
-.PHONY: demo test test-all test-slow bench venv system-deps clean
+.PHONY: demo test test-all test-slow bench venv system-deps clean screenshots
 
 $(APT_STAMP):
 	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
@@ -48,3 +48,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(APT_STAMP) build dist *.egg-info src/*.egg-info
+
+screenshots: $(APT_STAMP) $(STAMP)
+	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/make_screenshots.py

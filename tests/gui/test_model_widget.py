@@ -72,7 +72,8 @@ def test_docked_widgets_keep_layer_choices_through_layer_events(make_napari_view
     from napari_segattn.widgets.state import get_state
 
     viewer = make_napari_viewer()
-    viewer, docked = launch_demo(sample="dsb2018_nuclei", load_model=False, block=False, viewer=viewer)
+    viewer, docked = launch_demo(sample="dsb2018_nuclei", load_model=True, block=False, viewer=viewer)
+    assert get_state(viewer).loaded is not None and get_state(viewer).loaded.name == "fanet"  # demo model
     model_w, refine_w = docked["Model"], docked["Predict and refine"]
     assert model_w.image_select.value == ["dsb2018_nuclei"]
     assert model_w.gt_combo.value == "dsb2018_nuclei_gt"

@@ -131,6 +131,7 @@ class InspectWidget(Container):
             upsert_layer(self.viewer, "labels", full, "error map", colormap=error_colormap(), opacity=0.7,
                          scale=inp.scale, translate=inp.translate)
             c, r = em.counts[ci], em.rates[ci]
+            self.status.value = f"error map of {self.state.loaded.name} against {self.state.gt_layer_name}"
             self.counts.value = (f"TP {c['TP']:,}  FN {c['FN']:,}  FP {c['FP']:,}  |  "
                                  f"FN rate {r['fn_rate']:.2%}  FP rate {r['fp_rate']:.2%}")
 

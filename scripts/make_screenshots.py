@@ -1,0 +1,70 @@
+"""Regenerate the user-guide screenshots from the real sample data (headless under Xvfb).
+
+Run: make screenshots   (= xvfb-run -a .venv/bin/python scripts/make_screenshots.py)
+Drives the widgets the way a user's clicks do and saves one PNG per step in docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+
+
+def main() -> int:
+    from qtpy.QtWidgets import QApplication
+
+    from napari_segattn.widgets.demo import launch_demo
+    from napari_segattn.widgets.state import get_state
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    viewer, docked = launch_demo(sample="dsb2018_nuclei", load_model=True, block=False)
+    viewer.window._qt_window.resize(1500, 950)
+    state = get_state(viewer)
+
+    def settle(timeout: float = 600.0) -> None:
+        t0 = time.time()
+        while (state.busy or time.time() - t0 < 0.5) and time.time() - t0 < timeout:
+            QApplication.processEvents()
+            time.sleep(0.02)
+
+    def shot(name: str, tab: str) -> None:
+        docks = viewer.window.dock_widgets  # name -> widget (napari 0.9 public mapping)
+        widget = docks.get(f"{tab} (napari-segattn)") if hasattr(docks, "get") else None
+        if widget is not None and widget.parent() is not None:
+            widget.parent().raise_()
+        settle()
+        path = OUT / f"{name}.png"
+        viewer.screenshot(str(path), canvas_only=False)
+        print("wrote", path)
+
+    shot("01_model", "Model")
+    refine = docked["Predict and refine"]
+    refine.step_button.clicked.emit()
+    settle()
+    refine.step_button.clicked.emit()
+    settle()
+    shot("02_refine", "Predict and refine")
+    inspect = docked["Inspect"]
+    inspect.error_button.clicked.emit()
+    settle()
+    shot("03_error_map", "Inspect")
+    for name in ("error map", "refinement (0 = initial mask)", "refinement probability", "feedback mask (paint, then Step)"):
+        if name in viewer.layers:
+            viewer.layers[name].visible = False
+    inspect.n_steps.value = 16
+    inspect.saliency_button.clicked.emit()
+    settle()
+    shot("04_saliency", "Inspect")
+    viewer.layers["IG saliency class 1"].visible = False
+    inspect.attention_button.clicked.emit()
+    settle()
+    shot("05_attention", "Inspect")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
