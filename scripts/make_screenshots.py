@@ -31,10 +31,12 @@ def main() -> int:
             time.sleep(0.02)
 
     def shot(name: str, tab: str) -> None:
-        docks = viewer.window.dock_widgets  # name -> widget (napari 0.9 public mapping)
-        widget = docks.get(f"{tab} (napari-segattn)") if hasattr(docks, "get") else None
-        if widget is not None and widget.parent() is not None:
-            widget.parent().raise_()
+        native = docked[tab].native
+        parent = native.parentWidget()
+        while parent is not None and type(parent).__name__ != "QtViewerDockWidget":
+            parent = parent.parentWidget()
+        if parent is not None:  # bring this widget's tab to the front
+            parent.raise_()
         settle()
         path = OUT / f"{name}.png"
         viewer.screenshot(str(path), canvas_only=False)
