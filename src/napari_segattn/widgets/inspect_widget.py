@@ -86,6 +86,15 @@ class InspectWidget(Container):
         scope = "volume" if self.scope.value == "whole volume" else "slice"
         return gather_input(self.viewer, imgs, gt, scope=scope)
 
+    def _context(self, need_gt: bool = False):
+        """(input, model, device, FANet feedback mask) for a job, or None after telling the user."""
+        try:
+            inp = self._input(need_gt=need_gt)
+        except InputError as exc:
+            show_error(str(exc))
+            return None
+        return inp, self.state.loaded.model, self.state.device, self._feedback_mask(inp)
+
     def _feedback_mask(self, inp):
         """FANet is inspected at its current feedback mask when a refinement is running."""
         ref = self.state.refiner
@@ -107,13 +116,10 @@ class InspectWidget(Container):
         from ..explain import error_map
         from ..inference import predict
 
-        try:
-            inp = self._input(need_gt=True)
-        except InputError as exc:
-            show_error(str(exc))
+        ctx = self._context(need_gt=True)
+        if ctx is None:
             return None
-        model, dev = self.state.loaded.model, self.state.device
-        mask = self._feedback_mask(inp)
+        inp, model, dev, mask = ctx
 
         def one(img2d):
             return predict(model, img2d, channel_axis=0, device=dev, mask=mask).labels
@@ -141,14 +147,11 @@ class InspectWidget(Container):
     def show_saliency(self, *_):
         from ..explain import saliency
 
-        try:
-            inp = self._input()
-        except InputError as exc:
-            show_error(str(exc))
+        ctx = self._context()
+        if ctx is None:
             return None
-        model, dev = self.state.loaded.model, self.state.device
+        inp, model, dev, mask = ctx
         k = int(self.target_class.value)
-        mask = self._feedback_mask(inp)
         kwargs = dict(method=self.method.value, n_steps=int(self.n_steps.value), baseline=self.baseline.value,
                       channel_axis=0, device=dev, mask=mask,
                       internal_batch_size=ig_batch_size(inp.image.shape, int(self.n_steps.value)))
@@ -173,13 +176,10 @@ class InspectWidget(Container):
     def show_attention(self, *_):
         from ..explain import attention_maps
 
-        try:
-            inp = self._input()
-        except InputError as exc:
-            show_error(str(exc))
+        ctx = self._context()
+        if ctx is None:
             return None
-        model, dev = self.state.loaded.model, self.state.device
-        mask = self._feedback_mask(inp)
+        inp, model, dev, mask = ctx
 
         def one(img2d):
             return attention_maps(model, img2d, mask, channel_axis=0, device=dev)
