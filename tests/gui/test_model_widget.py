@@ -82,3 +82,17 @@ def test_docked_widgets_keep_layer_choices_through_layer_events(make_napari_view
     assert model_w.gt_combo.value == "dsb2018_nuclei_gt"
     assert "layer: my mask" in refine_w.init.choices
     assert get_state(viewer).image_layer_names == ["dsb2018_nuclei"]
+
+
+def test_plugin_settings_set_widget_defaults(make_napari_viewer):
+    from napari.settings import get_plugin_settings
+
+    from napari_segattn.widgets import InspectWidget
+
+    settings = get_plugin_settings("napari-segattn").defaults
+    old = settings.ig_steps
+    settings.ig_steps = 12
+    try:
+        assert InspectWidget(make_napari_viewer()).n_steps.value == 12
+    finally:
+        settings.ig_steps = old

@@ -13,6 +13,7 @@ from napari.utils.notifications import show_error
 from ..explain.memory import ig_batch_size
 from .inputs import InputError, gather_input
 from .layers import ERROR_LEGEND, place_slice, upsert_layer, wrapped_label
+from .settings import plugin_defaults
 from .state import get_state
 from .workers import run_in_worker
 
@@ -54,8 +55,9 @@ class InspectWidget(Container):
         self.counts = wrapped_label(value="")
         self.target_class = SpinBox(label="saliency class", value=1, min=0, max=63)
         self.method = ComboBox(label="IG accumulation", choices=["fast", "abs_windows", "per_window"], value="fast")
-        self.n_steps = SpinBox(label="IG steps", value=50, min=2, max=500)
-        self.baseline = ComboBox(label="IG baseline", choices=["zeros", "blur", "mean"], value="zeros")
+        defaults = plugin_defaults()
+        self.n_steps = SpinBox(label="IG steps", value=defaults.ig_steps, min=2, max=500)
+        self.baseline = ComboBox(label="IG baseline", choices=["zeros", "blur", "mean"], value=defaults.ig_baseline)
         self.saliency_button = PushButton(text="IG saliency")
         self.attention_button = PushButton(text="Attention maps")
         self.cancel_button = PushButton(text="Cancel")

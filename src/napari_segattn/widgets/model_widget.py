@@ -9,6 +9,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton
 from napari.utils.notifications import show_error, show_info
 
 from .layers import layer_kind, wrapped_label
+from .settings import plugin_defaults
 from .state import LoadedModel, get_state
 
 __all__ = ["ModelWidget", "LayerChoices"]
@@ -70,7 +71,10 @@ class ModelWidget(Container):
         self.build_button = PushButton(text="Build untrained model")
         self.ckpt = FileEdit(label="checkpoint", filter="*.safetensors", mode="r")
         self.load_button = PushButton(text="Load checkpoint")
-        self.device = ComboBox(label="device", choices=[(lbl, name) for lbl, name in available_devices()], value="auto")
+        devices = [(lbl, name) for lbl, name in available_devices()]
+        preferred = plugin_defaults().device
+        self.device = ComboBox(label="device", choices=devices,
+                               value=preferred if preferred in [n for _, n in devices] else "auto")
         self.info = TextEdit(label="model", value="no model yet")
         self.info.native.setReadOnly(True)
         self.status = wrapped_label(value="")
@@ -82,6 +86,7 @@ class ModelWidget(Container):
         self.build_button.changed.connect(self.build)
         self.load_button.changed.connect(self.load)
         self.device.changed.connect(lambda v: self.state.set_device(v))
+        self.state.set_device(self.device.value)
         self.state.model_changed.connect(self._show_model)
         self.image_select.changed.connect(self._publish_inputs)
         self.gt_combo.changed.connect(self._publish_inputs)

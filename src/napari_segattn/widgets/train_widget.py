@@ -15,6 +15,7 @@ from napari.utils.notifications import show_error, show_info
 from .inputs import InputError, gather_input
 from .plot import LivePlot
 from .layers import wrapped_label
+from .settings import plugin_defaults
 from .state import get_state
 from .workers import run_in_worker
 
@@ -72,7 +73,7 @@ class TrainWidget(Container):
         self.val_fraction = FloatSpinBox(label="validation fraction", value=0.2, min=0.0, max=0.9, step=0.05)
         self.tile = SpinBox(label="tile size for 2D (0 = whole)", value=256, min=0, max=8192, step=32)
         self.binarize = CheckBox(label="binary: labels > 0 are foreground", value=True)
-        self.out_dir = FileEdit(label="run folder", mode="d", value=str(Path.home() / "segattn-runs" / "run"))
+        self.out_dir = FileEdit(label="run folder", mode="d", value=str(plugin_defaults().runs_path / "run"))
         self.train_button = PushButton(text="Train")
         self.cancel_button = PushButton(text="Cancel")
         self.save_path = FileEdit(label="save model as", mode="w", filter="*.safetensors")
