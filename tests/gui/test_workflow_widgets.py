@@ -236,3 +236,17 @@ def test_load_accepts_a_run_folder(setup, tmp_path):
     loaded = widgets["ModelWidget"].load(path=str(tmp_path / "run"))
     assert loaded is not None and loaded.name == "unet" and loaded.source.endswith("last/model.safetensors")
     assert widgets["ModelWidget"].load(path=str(tmp_path)) is None  # no model there: clear error
+
+
+def test_load_last_training_run_picks_the_newest_epoch(setup, tmp_path):
+    import os
+
+    from napari_segattn.models import build_model, save_model
+
+    viewer, widgets, state, img, gt = setup
+    old = save_model(build_model("unet", in_channels=1), tmp_path / "run_a" / "last" / "model.safetensors")
+    new = save_model(build_model("fpa", in_channels=1), tmp_path / "run_b" / "last" / "model.safetensors")
+    os.utime(old, (1, 1))
+    loaded = widgets["ModelWidget"].load_last_run(folder=tmp_path)
+    assert loaded.name == "fpa" and loaded.source == str(new)
+    assert widgets["ModelWidget"].load_last_run(folder=tmp_path / "nothing") is None

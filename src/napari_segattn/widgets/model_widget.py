@@ -71,6 +71,8 @@ class ModelWidget(Container):
         self.build_button = PushButton(text="Build untrained model")
         self.ckpt = FileEdit(label="checkpoint", filter="*.safetensors", mode="r")
         self.load_button = PushButton(text="Load checkpoint")
+        # after a crash or a closed viewer: the Train widget's run folder keeps the last epoch
+        self.last_run_button = PushButton(text="Load last training run")
         devices = [(lbl, name) for lbl, name in available_devices()]
         preferred = plugin_defaults().device
         self.device = ComboBox(label="device", choices=devices,
@@ -80,11 +82,12 @@ class ModelWidget(Container):
         self.status = wrapped_label(value="")
         self.extend([
             self.image_select, self.gt_combo, self.arch, self.out_channels, self.arch_options, self.build_button,
-            self.ckpt, self.load_button, self.device, self.info, self.status,
+            self.ckpt, self.load_button, self.last_run_button, self.device, self.info, self.status,
         ])
         self.arch.changed.connect(self._show_defaults)
         self.build_button.changed.connect(self.build)
         self.load_button.changed.connect(self.load)
+        self.last_run_button.changed.connect(self.load_last_run)
         self.device.changed.connect(lambda v: self.state.set_device(v))
         self.state.set_device(self.device.value)
         self.state.model_changed.connect(self._show_model)
@@ -162,6 +165,18 @@ class ModelWidget(Container):
                              info=getattr(model, "segattn_checkpoint", {}))
         self.state.set_model(loaded)
         return loaded
+
+    def load_last_run(self, *_, folder=None):
+        """The newest ``last/`` checkpoint in the runs folder (Settings > SegAttn defaults)."""
+        from pathlib import Path
+
+        root = Path(folder) if folder else plugin_defaults().runs_path
+        found = sorted(root.glob("*/last/model.safetensors"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            show_error(f"no training run with a saved epoch in {root}")
+            self.status.value = f"error: no run in {root}"
+            return None
+        return self.load(path=str(found[-1]))
 
     # -- display -------------------------------------------------------------------------
     def _show_defaults(self, name):
