@@ -160,6 +160,10 @@ def test_training_keeps_the_viewer_responsive_and_can_be_saved(setup, qtbot, tmp
     longest = max(gaps[1:]) if len(gaps) > 1 else 0
     print(f"longest event-loop stall during training: {longest * 1000:.0f} ms over {len(gaps)} ticks")
     assert longest < 0.2
+    # the run's checkpoint says what it was trained on, shown before anything runs
+    widgets["ModelWidget"].load(path=str(tmp_path / "run"))
+    info = widgets["ModelWidget"].info.value
+    assert "in: 1 channel(s)" in info and "training / 1 validation samples" in info and "cells" in info
     saved = tw.save(path=str(tmp_path / "trained.safetensors"))
     assert saved.exists()
     assert tw.save(path=str(saved)) is None  # never overwrites

@@ -394,7 +394,8 @@ class Trainer:
 
         return save_model(
             self.model, path, normalization=self.normalization, class_names=self.class_names,
-            extra={"training": {"epoch": epoch, "recipe": self.config.recipe, "reverse_labels": self.reverse_labels}},
+            extra={"training": {"epoch": epoch, "recipe": self.config.recipe, "reverse_labels": self.reverse_labels,
+                                "data": _describe_data(self.train_ds, self.val_ds)}},
         )
 
     def _write_state(self, d: Path, epoch: int) -> None:
@@ -461,6 +462,18 @@ class Trainer:
 
 
 # -- helpers ------------------------------------------------------------------------------
+def _describe_data(train_ds, val_ds) -> dict[str, Any]:
+    """What a checkpoint was trained on, so a loader can say it before anything runs."""
+    names = list(getattr(train_ds, "names", []) or [])
+    return {
+        "train_samples": len(train_ds),
+        "val_samples": len(val_ds) if val_ds is not None else 0,
+        "examples": names[:3],
+        "channels": getattr(train_ds, "num_channels", None),
+        "classes": getattr(train_ds, "num_classes", None),
+    }
+
+
 def _spec(name: str | None):
     if not name:
         return None

@@ -197,6 +197,14 @@ class ModelWidget(Container):
             lines.append("normalisation: " + json.dumps(loaded.normalization))
         if loaded.class_names:
             lines.append("classes: " + ", ".join(loaded.class_names))
+        trained = (loaded.info or {}).get("training") or {}
+        if trained:
+            data = trained.get("data") or {}
+            lines.append(f"trained: recipe {trained.get('recipe')}, epoch {trained.get('epoch', -1) + 1}"
+                         + (f", {data.get('train_samples')} training / {data.get('val_samples')} validation samples"
+                            f" (e.g. {', '.join(data.get('examples') or [])})" if data else ""))
+        lines.insert(1, f"in: {loaded.model.in_channels} channel(s), out: {loaded.model.out_channels} "
+                        f"({'binary' if loaded.model.out_channels == 1 else 'classes'})")
         if loaded.reverse_labels:
             lines.append("RFNA: trained on reversed labels; shown as foreground")
         self.info.value = "\n".join(lines)

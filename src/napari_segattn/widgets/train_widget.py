@@ -138,7 +138,8 @@ class TrainWidget(Container):
         norm = Normalization.from_dict(self.state.loaded.normalization) if self.state.loaded.normalization else \
             Normalization(mode="zscore", per="image")
         ds = SegmentationDataset.from_arrays(images, labels, channel_axis=0, binarize=bool(self.binarize.value),
-                                             normalization=norm, augmenter=build_augmenter(config), seed=config.seed)
+                                             normalization=norm, augmenter=build_augmenter(config), seed=config.seed,
+                                             name="+".join(inp.names))
         if len(ds) < 2 or self.val_fraction.value == 0:
             return ds, None, norm
         train_ds, val_ds = ds.split(float(self.val_fraction.value), seed=config.seed)
