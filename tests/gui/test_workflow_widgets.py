@@ -254,3 +254,30 @@ def test_load_last_training_run_picks_the_newest_epoch(setup, tmp_path):
     loaded = widgets["ModelWidget"].load_last_run(folder=tmp_path)
     assert loaded.name == "fpa" and loaded.source == str(new)
     assert widgets["ModelWidget"].load_last_run(folder=tmp_path / "nothing") is None
+
+
+def test_volume_scope_predicts_every_slice_and_slice_scope_only_the_shown_one(make_napari_viewer, qtbot):
+    from napari_segattn.widgets import ModelWidget, PredictRefineWidget
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    vol = np.stack([_blobs(seed=s)[0] for s in range(4)])
+    viewer.add_image(vol, name="stack", scale=(3.0, 1.0, 1.0))
+    mw, rw = ModelWidget(viewer), PredictRefineWidget(viewer)
+    state = get_state(viewer)
+    _build({"ModelWidget": mw}, "unet", in_channels=1)
+    viewer.dims.set_point(0, 6.0)  # world z = 6 -> data slice 2 (scale 3)
+    rw.predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    pred = viewer.layers["prediction"]
+    assert pred.data.shape == vol.shape and tuple(pred.scale) == (3.0, 1.0, 1.0)
+    from napari_segattn.inference import predict
+
+    expected = predict(state.loaded.model, vol[2], device="cpu").labels
+    np.testing.assert_array_equal(pred.data[2].astype(bool), expected)
+    assert not pred.data[[0, 1, 3]].any()
+    rw.scope.value = "whole volume"
+    rw.predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    full = predict(state.loaded.model, vol, slice_axis=0, device="cpu").labels
+    np.testing.assert_array_equal(viewer.layers["prediction"].data.astype(bool), full)

@@ -6,7 +6,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ModelInput", "InputError", "gather_input", "current_index"]
+__all__ = ["ModelInput", "InputError", "gather_input", "current_index", "scope_picker", "scope_of"]
+
+SCOPES = {"current slice": "slice", "whole volume": "volume"}
+
+
+def scope_picker():
+    """The 'run on: current slice / whole volume' choice shared by the widgets."""
+    from magicgui.widgets import RadioButtons
+
+    return RadioButtons(label="run on", choices=list(SCOPES), value="current slice", orientation="horizontal")
+
+
+def scope_of(picker) -> str:
+    return SCOPES[picker.value]
 
 
 class InputError(ValueError):

@@ -7,11 +7,11 @@ import threading
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import ComboBox, Container, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
 from ..explain.memory import ig_batch_size
-from .inputs import InputError, gather_input
+from .inputs import InputError, gather_input, scope_of, scope_picker
 from .layers import ERROR_LEGEND, place_slice, upsert_layer, wrapped_label
 from .settings import plugin_defaults
 from .state import get_state
@@ -48,8 +48,7 @@ class InspectWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
-        self.scope = RadioButtons(label="run on", choices=["current slice", "whole volume"], value="current slice",
-                                  orientation="horizontal")
+        self.scope = scope_picker()
         self.error_button = PushButton(text="Error map (TP/FN/FP)")
         self.legend = wrapped_label(value=ERROR_LEGEND)
         self.counts = wrapped_label(value="")
@@ -85,8 +84,7 @@ class InspectWidget(Container):
         imgs, gt = self.state.input_layers(self.viewer)
         if need_gt and gt is None:
             raise InputError("choose a ground-truth labels layer in the Model widget for an error map")
-        scope = "volume" if self.scope.value == "whole volume" else "slice"
-        return gather_input(self.viewer, imgs, gt, scope=scope)
+        return gather_input(self.viewer, imgs, gt, scope=scope_of(self.scope))
 
     def _context(self, need_gt: bool = False):
         """(input, model, device, FANet feedback mask) for a job, or None after telling the user."""

@@ -7,10 +7,10 @@ import threading
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, RadioButtons, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from .inputs import InputError, gather_input
+from .inputs import InputError, gather_input, scope_of, scope_picker
 from .layers import layer_kind, place_slice, upsert_layer, wrapped_label
 from .plot import LivePlot
 from .state import get_state
@@ -26,8 +26,7 @@ class PredictRefineWidget(Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
-        self.scope = RadioButtons(label="run on", choices=["current slice", "whole volume"], value="current slice",
-                                  orientation="horizontal")
+        self.scope = scope_picker()
         self.batch_size = SpinBox(label="batch size", value=16, min=1, max=1024)
         self.predict_button = PushButton(text="Predict")
         self.init = ComboBox(label="initial mask", choices=INIT_CHOICES, value="otsu")
@@ -112,8 +111,7 @@ class PredictRefineWidget(Container):
         if self.state.loaded is None:
             raise InputError("load or build a model in the Model widget first")
         imgs, gt = self.state.input_layers(self.viewer)
-        scope = "volume" if self.scope.value == "whole volume" else "slice"
-        return gather_input(self.viewer, imgs, gt, scope=scope)
+        return gather_input(self.viewer, imgs, gt, scope=scope_of(self.scope))
 
     @staticmethod
     def _core_layout(inp):
