@@ -89,17 +89,6 @@ _register("_explain_mask", MaskShift, takes_mask=True)
 _register("_explain_unet", TinyUNet)
 
 
-@pytest.fixture(autouse=True)
-def _registry_without_zoo(monkeypatch):
-    """While the real model zoo cannot be imported, look stand-ins up without it."""
-    from napari_segattn.models import registry
-
-    try:
-        registry._ensure_loaded()
-    except ImportError:
-        monkeypatch.setattr(registry, "_ensure_loaded", lambda: None)
-
-
 @pytest.fixture
 def standin():
     kinds = {"pixel": (PixelSigmoid, "_explain_pixel"), "mask": (MaskShift, "_explain_mask"),

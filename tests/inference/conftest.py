@@ -60,17 +60,6 @@ _register("_standin_rfna", MeanThreshold, reverse_labels=True)
 _register("_standin_fanet", GrowFromMask, takes_mask=True)
 
 
-@pytest.fixture(autouse=True)
-def _registry_without_zoo(monkeypatch):
-    """While the real model zoo cannot be imported, look stand-ins up without it."""
-    from napari_segattn.models import registry
-
-    try:
-        registry._ensure_loaded()
-    except ImportError:
-        monkeypatch.setattr(registry, "_ensure_loaded", lambda: None)
-
-
 def make(cls, name, in_channels=1, out_channels=1):
     m = cls(in_channels, out_channels)
     m.segattn_config = {"name": name, "config": {"in_channels": in_channels, "out_channels": out_channels}}

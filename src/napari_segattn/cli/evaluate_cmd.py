@@ -7,13 +7,13 @@ every feedback iteration 0..N-1 from the Otsu mask, one row per iteration as rel
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from ..tables import write_csv
 from . import CLIError
 from .predict_cmd import add_common, load_cli_model, read_cli_image, refuse_existing, user_errors
 
@@ -151,11 +151,3 @@ def print_table(rows: list[dict]) -> None:
         print("  ".join(f"{r[k]:>10.4f}" if isinstance(r[k], float) else f"{str(r[k]):>10}" for k in keys))
 
 
-def write_csv(path, rows: list[dict]) -> None:
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import CLIError
-from .evaluate_cmd import ground_truth, write_csv
+from ..tables import write_csv
+from .evaluate_cmd import ground_truth
 from .predict_cmd import add_common, load_cli_model, read_cli_image, refuse_existing, user_errors
 
 

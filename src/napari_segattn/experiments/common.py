@@ -7,7 +7,6 @@ configuration, for a GPU) run the same code; only sizes and epoch counts differ.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from ..tables import write_csv as _write_csv
 
 from ..data import DataError, Normalization, SegmentationDataset, shared_data_root
 
@@ -176,16 +177,7 @@ def write_json(path: Path, obj) -> Path:
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys: list[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    return path
+    return _write_csv(path, rows, float_format=".6g")
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:
