@@ -68,7 +68,11 @@ def test_fast_equals_per_window_on_a_unet(standin):
     assert fast.map.shape == (2, 32, 32) and fast.n_windows == 9
     err = np.abs(fast.map - slow.map).max()
     assert err <= 1e-4 * np.abs(slow.map).max(), err
-    np.testing.assert_allclose(fast.deltas, slow.deltas, atol=1e-4)
+    # both residuals are ~3e-5 of F(x) - F(x'): float32 sums of 1024 cancelling terms whose
+    # order differs between the paths (measured 1.4e-4 vs 2.7e-4 at scale 4.6 on one thread),
+    # so they agree to the same 1e-4 relative bound as the maps, not bit for bit
+    scale = np.abs(slow.output_difference).max()
+    np.testing.assert_allclose(fast.deltas, slow.deltas, atol=1e-4 * scale)
     np.testing.assert_allclose(fast.output_difference, slow.output_difference, rtol=1e-5)
     # completeness: attributions add up to F(x) - F(x') up to the quadrature error
     assert fast.relative_gap < 0.05, fast.relative_gap

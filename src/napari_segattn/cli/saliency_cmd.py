@@ -81,12 +81,10 @@ def write_maps(out: Path, stem: str, m2: np.ndarray, f, place, overwrite: bool) 
     return paths
 
 
-def saliency_kwargs(args, img: np.ndarray, channel_axis: int | None) -> dict:
-    from ..explain.memory import ig_batch_size
-
-    spatial = [d for i, d in enumerate(img.shape) if channel_axis is None or i != channel_axis % img.ndim]
+def saliency_kwargs(args) -> dict:
+    # internal_batch_size None: saliency() picks explain.memory.ig_batch_size for the image
     return dict(method=args.method, window=args.window, stride=args.stride, n_steps=args.steps,
-                baseline=args.baseline, internal_batch_size=args.internal_batch_size or ig_batch_size(spatial, args.steps))
+                baseline=args.baseline, internal_batch_size=args.internal_batch_size or None)
 
 
 def run(args) -> int:
@@ -103,7 +101,7 @@ def run(args) -> int:
     with user_errors():
         try:
             sal = saliency(model, img, list(args.classes), channel_axis=c2, device=args.device,
-                           **saliency_kwargs(args, img, c2))
+                           **saliency_kwargs(args))
         except ValueError as exc:
             raise CLIError(str(exc)) from None
         out.mkdir(parents=True, exist_ok=True)

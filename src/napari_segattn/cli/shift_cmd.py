@@ -57,7 +57,7 @@ def run(args) -> int:
             gt = np.take(gt, img_index(data, s, args.slice), axis=s_sp)
         names = args.class_names or getattr(ma, "segattn_class_names", None)
         try:
-            kw = saliency_kwargs(args, img, c2)
+            kw = saliency_kwargs(args)
             sa = saliency(ma, img, classes, channel_axis=c2, device=args.device, **kw)
             sb = saliency(mb, img, classes, channel_axis=c2, device=args.device, **kw)
         except ValueError as exc:

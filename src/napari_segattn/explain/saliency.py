@@ -33,6 +33,7 @@ from ..inference.layout import InputError
 from ..inference.masks import initial_masks
 from ..inference.predict import _eval_on, prepare_stack
 from ..inference.traits import ModelTraits, model_traits, to_probabilities
+from .memory import ig_batch_size
 
 __all__ = ["SaliencyMap", "saliency", "window_grid", "coverage", "METHODS", "BASELINES"]
 
@@ -143,7 +144,9 @@ def saliency(
     ``target_class`` indexes the softmax of a multi-class model; for a one-logit model 1 is
     the foreground and 0 the background. FANet: the feedback ``mask`` (Otsu when None) is held
     fixed and only the image is explained. ``internal_batch_size`` bounds captum's batch of
-    interpolation steps; ``window_batch`` the windows per batch in ``"abs_windows"``.
+    interpolation steps (None: ``explain.memory.ig_batch_size``, ~1 MPixel per pass, which
+    bounds memory and was also the fastest on CPU); ``window_batch`` the windows per batch in
+    ``"abs_windows"``.
     """
     from captum.attr import IntegratedGradients
 
@@ -173,6 +176,8 @@ def saliency(
     wins = window_grid((h, w), window, stride)
     cov = torch.from_numpy(coverage((h, w), wins)).to(dev)
     base = _baseline(x, baseline, blur_sigma)
+    if internal_batch_size is None:
+        internal_batch_size = ig_batch_size((h, w), n_steps)
 
     maps, per_ch, deltas, diffs = [], [], [], []
     with _eval_on(model, dev):

@@ -9,7 +9,6 @@ from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox,
 from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, gather_input
-from ..explain.memory import ig_batch_size
 from .layers import upsert_layer, wrapped_label
 from .state import get_state
 from .workers import run_in_worker
@@ -99,7 +98,7 @@ class CompareWidget(Container):
             for label, model, mask in jobs:
                 k = list(range(1, max(2, model.out_channels)))
                 maps.append(saliency(model, inp.image, k if len(k) > 1 else k[0], channel_axis=0, n_steps=n_steps,
-                                     device=dev, mask=mask, internal_batch_size=ig_batch_size(inp.image.shape, n_steps)))
+                                     device=dev, mask=mask))
                 yield label
             names = self.state.loaded.class_names if self.state.loaded else None
             return maps, attention_shift(maps[0], maps[1], inp.ground_truth, names, labels=(jobs[0][0], jobs[1][0]))

@@ -10,7 +10,6 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
-from ..explain.memory import ig_batch_size
 from .inputs import InputError, gather_input, scope_of, scope_picker
 from .layers import ERROR_LEGEND, place_slice, upsert_layer, wrapped_label
 from .settings import plugin_defaults
@@ -153,8 +152,7 @@ class InspectWidget(Container):
         inp, model, dev, mask = ctx
         k = int(self.target_class.value)
         kwargs = dict(method=self.method.value, n_steps=int(self.n_steps.value), baseline=self.baseline.value,
-                      channel_axis=0, device=dev, mask=mask,
-                      internal_batch_size=ig_batch_size(inp.image.shape, int(self.n_steps.value)))
+                      channel_axis=0, device=dev, mask=mask)
 
         def one(img2d):
             return saliency(model, img2d, k, **kwargs)
