@@ -1,4 +1,5 @@
-"""``segattn experiment NAME --data PATH [--full] [--out DIR] [--seed N]``: reproduce a paper claim.
+"""``segattn experiment NAME --data PATH [--full] [--out DIR] [--seed N | --seeds N ...]``: reproduce
+a paper claim (with ``--seeds``: once per seed, then mean ± sd tables and claims).
 
 NAME: fanet-ablation | mistakes | attention-shift | fu-net. Default is the CPU-sized
 ``reduced`` scale; ``--full`` is the paper's configuration (GPU); ``--smoke`` a seconds-long
@@ -23,17 +24,31 @@ def add_parser(sub) -> None:
     size.add_argument("--full", action="store_true", help="the paper's scale (full resolution and epochs; GPU)")
     size.add_argument("--smoke", action="store_true", help="a tiny 1-epoch run that checks the pipeline")
     p.add_argument("--out", default=None, help="output folder (default: experiments-results/NAME)")
-    p.add_argument("--seed", type=int, default=None, help="training seed (default: the recipe's)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing results.json")
+    seed = p.add_mutually_exclusive_group()
+    seed.add_argument("--seed", type=int, default=None, help="training seed (default: the recipe's)")
+    seed.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                      help="run once per seed into OUT/seed-N/ (finished seeds are reused), then write "
+                           "mean ± sd tables (summary_*.csv), claims.csv/.png and summary.json to OUT")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results (also finished seeds)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..data import DataError
-    from ..experiments import run_study
+    from ..experiments import run_seeds, run_study
 
     scale = "full" if args.full else "smoke" if args.smoke else "reduced"
     out = Path(args.out) if args.out else Path("experiments-results") / args.name
+    if args.seeds:
+        try:
+            summary = run_seeds(args.name, args.data, out, seeds=args.seeds, scale=scale, reuse=not args.overwrite,
+                                log=lambda s: print(s, flush=True))
+        except (DataError, ValueError) as exc:
+            raise CLIError(str(exc)) from None
+        for c in summary["claims"]:
+            print(f"  {c['claim']:<32} {c['mean']:+.4f} ± {c['sd']:.4f}  holds in {c['holds_in']} seeds")
+        print(f"{args.name} ({scale}) seeds {args.seeds}: summary in {out}")
+        return 0
     if (out / "results.json").exists() and not args.overwrite:
         raise CLIError(f"{out / 'results.json'} exists; pass --overwrite or another --out")
     try:

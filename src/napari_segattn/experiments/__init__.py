@@ -2,7 +2,9 @@
 
 ``run_study(name, data, out, scale="reduced", seed=None)`` runs one study and writes CSV
 tables, PNG figures and ``results.json`` under ``out``. Scales: ``smoke`` (CI), ``reduced``
-(CPU minutes), ``full`` (the paper's configuration; needs a GPU). See docs/reproduction.md.
+(CPU minutes), ``full`` (the paper's configuration; needs a GPU). ``run_seeds`` repeats a
+study over seeds and writes mean ± sd tables and claims (``experiments.seeds``). See
+docs/reproduction.md.
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from pathlib import Path
 
 from . import attention_shift, fanet_ablation, fu_net, mistakes
 from .common import SCALES
+from .seeds import run_seeds, summarise
 
 STUDIES = {m.NAME: m for m in (fanet_ablation, mistakes, attention_shift, fu_net)}
 
-__all__ = ["STUDIES", "SCALES", "run_study"]
+__all__ = ["STUDIES", "SCALES", "run_study", "run_seeds", "summarise"]
 
 
 def run_study(name: str, data: str | Path | None, out: str | Path, *, scale: str = "reduced",

@@ -128,14 +128,19 @@ class TrainResult:
     model: Any
     seconds: float
     history: list[dict]
+    best_epoch: int | None = None  # epoch (0-based) whose weights the model holds
 
 
 def train(model_name: str, model_kw: dict, train_ds, val_ds, config, log: Callable[[str], None] = print) -> TrainResult:
-    """Build and train one model with the project's Trainer (final weights are kept; no files).
+    """Build and train one model with the project's Trainer (no files written).
 
-    The model gets ``segattn_normalization`` so that ``inference.predict`` normalises test
-    images exactly as training did.
+    With a validation set the model ends with the weights of the best validation epoch
+    (``config.select_on``), as the papers' scripts keep their best checkpoint; without one,
+    the weights after the last epoch. The model gets ``segattn_normalization`` so that
+    ``inference.predict`` normalises test images exactly as training did.
     """
+    import copy
+
     import torch
 
     from ..models import build_model
@@ -144,17 +149,35 @@ def train(model_name: str, model_kw: dict, train_ds, val_ds, config, log: Callab
     torch.manual_seed(config.seed)
     model = build_model(model_name, **model_kw)
     t0 = time.perf_counter()
-    history = []
+    history, best_state, best_epoch = [], None, None
     for ev in Trainer(model, train_ds, val_ds, config, device="auto").run():
         if isinstance(ev, Validation):
             row = {"epoch": ev.epoch, "val_loss": ev.loss,
                    **{k: v for k, v in ev.metrics.items() if k in ("dice", "iou", "dice_class_1", "dice_class_2")}}
             history.append(row)
+            if ev.improved:
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                best_epoch = ev.epoch
             log(f"  {model_name} epoch {ev.epoch + 1}/{config.epochs}: " + "  ".join(
-                f"{k}={v:.4f}" for k, v in row.items() if k != "epoch" and isinstance(v, float)))
+                f"{k}={v:.4f}" for k, v in row.items() if k != "epoch" and isinstance(v, float))
+                + ("  (best)" if ev.improved else ""))
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = config.epochs - 1
     model.segattn_normalization = train_ds.normalization.to_dict()
     model.eval()
-    return TrainResult(model, time.perf_counter() - t0, history)
+    return TrainResult(model, time.perf_counter() - t0, history, best_epoch)
+
+
+def as_float(v) -> float:
+    """A CSV cell or results.json value as float: '' / None / text -> NaN, 'inf' -> inf."""
+    if v is None or v == "":
+        return float("nan")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 # ---- writers -------------------------------------------------------------------------------

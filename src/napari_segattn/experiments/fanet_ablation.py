@@ -29,6 +29,8 @@ SCALE = {
     "full": dict(factor=1, crop=None, epochs=500, n_train=None, iterations=11),
 }
 KEYS = ("dice", "iou", "recall", "precision")
+# CSV tables averaged over seeds by ``experiments.seeds`` (file -> the columns naming a row).
+TABLES = {"table.csv": ("row",), "per_iteration.csv": ("variant", "iteration")}
 
 
 def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", seed: int | None = None,
@@ -57,10 +59,12 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     per_iter: list[dict] = []
     per_image: list[dict] = []
     seconds: dict[str, float] = {}
+    best_epoch: dict[str, int | None] = {}
     tiles: dict[str, list] = {}
     for variant, kw in VARIANTS.items():
         res = common.train("fanet", {"in_channels": 3, "out_channels": 1, **kw}, train_ds, val_ds, cfg, log)
         seconds[variant] = res.seconds
+        best_epoch[variant] = res.best_epoch
         rows_by_iter: dict = {}
         for i in split["test"]:
             ref = FANetRefiner(res.model, images[i], channel_axis=0, ground_truth=labels[i], device="auto")
@@ -102,7 +106,8 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
         [tiles["input"][0], common.error_rgb(tiles["input"][1])]
         + [common.error_rgb(t) for v in VARIANTS for t in tiles[v]]))
     result = {"study": NAME, "scale": scale, "seed": cfg.seed, "epochs": cfg.epochs, "size": list(images[0].shape[-2:]),
-              "split": split, "train_seconds": seconds, "table": table, "per_iteration": per_iter,
+              "split": split, "train_seconds": seconds,
+              "best_epoch": best_epoch, "table": table, "per_iteration": per_iter,
               "error_maps_png": "columns: image, Otsu mask, then per variant iteration 0 and last; "
                                 f"variants in order {order[1:]}; yellow TP, blue FN, red FP"}
     common.write_json(out / "results.json", result)
@@ -111,3 +116,24 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
 
 def _paper(row: str) -> dict:
     return {f"paper_{k}": v for k, v in PAPER[row].items()}
+
+
+def claims(result: dict) -> list[dict]:
+    """Table IX's EM comparisons as signed Dice differences (> 0: the paper's ordering holds)."""
+    rows = result["per_iteration"]
+    last = max(r["iteration"] for r in rows if isinstance(r["iteration"], int))
+
+    def dice(variant, it):
+        return float(next(r["dice"] for r in rows if r["variant"] == variant and r["iteration"] == it))
+
+    b1, b2, b4 = dice("B1", 0), dice("MixPool", 0), dice("MixPool", last)
+    return [
+        {"claim": "B4 - B1 Dice", "statement": "MixPool + test-time feedback >= no MixPool",
+         "value": b4 - b1, "paper": PAPER["B4"]["dice"] - PAPER["B1"]["dice"]},
+        {"claim": "B4 - B2 Dice", "statement": f"test-time feedback (iteration {last}) improves on one pass",
+         "value": b4 - b2, "paper": PAPER["B4"]["dice"] - PAPER["B2"]["dice"]},
+        {"claim": "B2 - B1 Dice", "statement": "MixPool alone >= no MixPool",
+         "value": b2 - b1, "paper": PAPER["B2"]["dice"] - PAPER["B1"]["dice"]},
+        {"claim": "STE - B4 Dice", "statement": "(ours) mask_grad='ste' + feedback >= released hard mask + feedback",
+         "value": dice("MixPool-STE", last) - b4, "paper": None},
+    ]

@@ -21,6 +21,7 @@ SCALE = {
     "reduced": dict(factor=3, sizes=(5, 10), n_test=12, epochs=30),
     "full": dict(factor=1, sizes=(5, 10), n_test=None, epochs=500),
 }
+TABLES = {"table.csv": ("n_train", "method")}
 LOSSES = {"BRU-net (ce)": "ce", "FU-net (feedback_ce, beta 3)": "feedback_ce"}
 
 
@@ -58,3 +59,18 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
               "table": table, "paper_table1": PAPER}
     common.write_json(out / "results.json", result)
     return result
+
+
+def claims(result: dict) -> list[dict]:
+    """FU-net minus BRU-net Dice per tissue and training-set size (> 0: the feedback weight helps).
+    The paper's nearest figure (Table 1, 50 training images) is for other structures, so it
+    goes into the statement, not into a column to compare against."""
+    fu, bru = list(LOSSES)[1], list(LOSSES)[0]
+    by = {(r["n_train"], r["method"]): r for r in result["table"]}
+    p50 = PAPER["50/250"]
+    ref = (f"paper, 50 images: MB {p50['funet'][0] - p50['brunet'][0]:+.3f}, "
+           f"SN {p50['funet'][1] - p50['brunet'][1]:+.3f}")
+    return [{"claim": f"FU - BRU Dice {cls}, {n} slices",
+             "statement": f"feedback weight helps {cls} with {n} training slices ({ref})",
+             "value": float(by[(n, fu)][f"dice_{cls}"]) - float(by[(n, bru)][f"dice_{cls}"]), "paper": None}
+            for n in sorted({k[0] for k in by}) for cls in ("GM", "WM")]

@@ -30,6 +30,7 @@ SCALE = {
     "full": dict(factor=1, crop=None, epochs=100, n_train=None, width=32),
 }
 KEYS = ("dice", "iou", "hd95", "precision", "recall", "fp_rate", "fn_rate")
+TABLES = {"table.csv": ("model",)}
 
 
 def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", seed: int | None = None,
@@ -77,7 +78,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
         tp, fn, fp, tn = (int(c) for c in counts)
         row = {"model": name, **common.mean_rows(rows, KEYS),
                "pooled_fp_rate": fp / max(fp + tn, 1), "pooled_fn_rate": fn / max(fn + tp, 1),
-               "train_seconds": res.seconds}
+               "train_seconds": res.seconds, "best_epoch": res.best_epoch}
         row.update({f"paper_{k}": v for k, v in PAPER.get(name, {}).items()})
         table.append(row)
         common.write_png(out / f"error_map_{name}.png", common.error_rgb(tiles[name]))
@@ -98,3 +99,24 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
               "error_maps_png": f"columns: image, ground truth, then {list(MODELS)}; yellow TP, blue FN, red FP"}
     common.write_json(out / "results.json", result)
     return result
+
+
+def claims(result: dict) -> list[dict]:
+    """Table 5's FPA claims as signed differences (> 0: FPA better, as the paper reports)."""
+    by = {r["model"]: r for r in result["table"]}
+
+    def d(a, b, key):
+        return common.as_float(by[a][key]) - common.as_float(by[b][key])
+
+    return [
+        {"claim": "FN rate aunet - fpa", "statement": "FPA misses less foreground than attention U-Net",
+         "value": d("aunet", "fpa", "pooled_fn_rate"), "paper": (PAPER["aunet"]["fn_rate"] - PAPER["fpa"]["fn_rate"]) / 100},
+        {"claim": "FN rate unet - fpa", "statement": "FPA misses less foreground than plain U-Net",
+         "value": d("unet", "fpa", "pooled_fn_rate"), "paper": None},
+        {"claim": "IoU fpa - aunet", "statement": "FPA overlaps better than attention U-Net",
+         "value": d("fpa", "aunet", "iou"), "paper": (PAPER["fpa"]["iou"] - PAPER["aunet"]["iou"]) / 100},
+        {"claim": "HD95 aunet - fpa", "statement": "FPA's boundary error (HD95, px) is smaller",
+         "value": d("aunet", "fpa", "hd95"), "paper": PAPER["aunet"]["hd95"] - PAPER["fpa"]["hd95"]},
+        {"claim": "FN rate aunet - rfna", "statement": "RFNA misses less foreground than attention U-Net",
+         "value": d("aunet", "rfna", "pooled_fn_rate"), "paper": (PAPER["aunet"]["fn_rate"] - PAPER["rfna"]["fn_rate"]) / 100},
+    ]
