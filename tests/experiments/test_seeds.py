@@ -69,9 +69,21 @@ def test_cli_seeds_summary_matches_per_seed_files(tmp_path, shared_data, capsys)
     assert main(args[:-2] + ["3", "4"]) == 0
     assert "reusing" in capsys.readouterr().out
     assert (out / "seed-3" / "results.json").stat().st_mtime_ns == stamp
-    # ... and refuses to mix scales in one folder
+    # ... and refuses to mix scales or epoch counts in one folder
     assert main(["experiment", "fu-net", "--data", str(shared_data), "--out", str(out), "--seeds", "3"]) == 2
     assert "smoke" in capsys.readouterr().err
+    assert main(args + ["--epochs", "2"]) == 2
+    assert "1 epochs" in capsys.readouterr().err
+    assert (out / "seed-3" / "results.json").stat().st_mtime_ns == stamp
+
+
+def test_epochs_override_reaches_training(tmp_path, shared_data):
+    from napari_segattn.experiments import run_study
+
+    res = run_study("fu-net", shared_data, tmp_path, scale="smoke", epochs=2, log=lambda s: None)
+    assert res["epochs"] == 2
+    with pytest.raises(ValueError, match="epochs"):
+        run_study("fu-net", shared_data, tmp_path / "x", scale="smoke", epochs=0, log=lambda s: None)
 
 
 def test_summarise_names_a_missing_seed(tmp_path):

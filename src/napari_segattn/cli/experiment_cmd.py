@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
     seed.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
                       help="run once per seed into OUT/seed-N/ (finished seeds are reused), then write "
                            "mean ± sd tables (summary_*.csv), claims.csv/.png and summary.json to OUT")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="override the scale's epoch count (e.g. --full --epochs 1 to check the paper-sized pipeline)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results (also finished seeds)")
     p.set_defaults(func=run)
 
@@ -41,7 +43,8 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("experiments-results") / args.name
     if args.seeds:
         try:
-            summary = run_seeds(args.name, args.data, out, seeds=args.seeds, scale=scale, reuse=not args.overwrite,
+            summary = run_seeds(args.name, args.data, out, seeds=args.seeds, scale=scale, epochs=args.epochs,
+                                reuse=not args.overwrite,
                                 log=lambda s: print(s, flush=True))
         except (DataError, ValueError) as exc:
             raise CLIError(str(exc)) from None
@@ -52,9 +55,9 @@ def run(args) -> int:
     if (out / "results.json").exists() and not args.overwrite:
         raise CLIError(f"{out / 'results.json'} exists; pass --overwrite or another --out")
     try:
-        result = run_study(args.name, args.data, out, scale=scale, seed=args.seed,
+        result = run_study(args.name, args.data, out, scale=scale, seed=args.seed, epochs=args.epochs,
                            log=lambda s: print(s, flush=True))
-    except DataError as exc:
+    except (DataError, ValueError) as exc:
         raise CLIError(str(exc)) from None
     print(f"{args.name} ({scale}) finished in {result['wall_seconds']:.0f} s; results in {out}")
     return 0

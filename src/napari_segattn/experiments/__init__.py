@@ -21,8 +21,9 @@ __all__ = ["STUDIES", "SCALES", "run_study", "run_seeds", "summarise"]
 
 
 def run_study(name: str, data: str | Path | None, out: str | Path, *, scale: str = "reduced",
-              seed: int | None = None, log=print) -> dict:
-    """Run study ``name`` (one of ``STUDIES``); returns its results dict (also in results.json)."""
+              seed: int | None = None, epochs: int | None = None, log=print) -> dict:
+    """Run study ``name`` (one of ``STUDIES``); returns its results dict (also in results.json).
+    ``epochs`` overrides the scale's epoch count (recorded in results.json)."""
     if name not in STUDIES:
         raise KeyError(f"unknown study {name!r}; choose from {sorted(STUDIES)}")
     import time
@@ -32,7 +33,7 @@ def run_study(name: str, data: str | Path | None, out: str | Path, *, scale: str
     from .common import write_json
 
     t0 = time.perf_counter()
-    result = STUDIES[name].run(data, out, scale=scale, seed=seed, log=log)
+    result = STUDIES[name].run(data, out, scale=scale, seed=seed, epochs=epochs, log=log)
     result["wall_seconds"] = time.perf_counter() - t0
     result["torch_threads"] = torch.get_num_threads()
     write_json(Path(out) / "results.json", result)

@@ -31,11 +31,11 @@ def _label(a) -> str:
 
 
 def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", seed: int | None = None,
-        log=print) -> dict:
+        epochs: int | None = None, log=print) -> dict:
     from ..explain import attention_shift, saliency
     from ..training import build_augmenter, recipe_for
 
-    p = SCALE[common.check_scale(scale)]
+    p = common.scale_params(SCALE, scale, epochs)
     out = Path(out)
     images, labels, names, zs, train_idx, test_idx = mni.load(data, p["factor"], p["n_train"], p["n_test"])
     # Saliency on the middle test slices (most tissue); the end slices are mostly background.

@@ -32,6 +32,17 @@ def check_scale(scale: str) -> str:
     return scale
 
 
+def scale_params(table: dict[str, dict], scale: str, epochs: int | None = None) -> dict:
+    """A study's sizes at ``scale``, with the epoch count optionally overridden (e.g. one epoch of
+    ``full`` on a CPU to check the paper-sized pipeline before renting a GPU)."""
+    p = dict(table[check_scale(scale)])
+    if epochs is not None:
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        p["epochs"] = int(epochs)
+    return p
+
+
 def data_root(path: str | Path | None, folder: str) -> Path:
     """The shared-data root given either the root itself or one of its data-set folders."""
     if path is not None:

@@ -26,10 +26,10 @@ LOSSES = {"BRU-net (ce)": "ce", "FU-net (feedback_ce, beta 3)": "feedback_ce"}
 
 
 def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", seed: int | None = None,
-        log=print) -> dict:
+        epochs: int | None = None, log=print) -> dict:
     from ..training import recipe_for
 
-    p = SCALE[common.check_scale(scale)]
+    p = common.scale_params(SCALE, scale, epochs)
     out = Path(out)
     images, labels, names, zs, train_all, test_idx = mni.load(data, p["factor"], None, p["n_test"])
     rec = recipe_for("brunet")

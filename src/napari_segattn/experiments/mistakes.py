@@ -34,13 +34,13 @@ TABLES = {"table.csv": ("model",)}
 
 
 def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", seed: int | None = None,
-        log=print) -> dict:
+        epochs: int | None = None, log=print) -> dict:
     from ..explain import error_map
     from ..inference import predict
     from ..metrics import binary_metrics
     from ..training import build_augmenter, recipe_for
 
-    p = SCALE[common.check_scale(scale)]
+    p = common.scale_params(SCALE, scale, epochs)
     out = Path(out)
     root = common.data_root(data, "isbi2012_em")
     images, labels, names = common.em_arrays(root, p["factor"], p["crop"], foreground="membrane")

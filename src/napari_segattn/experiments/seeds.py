@@ -27,28 +27,30 @@ def seed_dir(out: str | Path, seed: int) -> Path:
 
 
 def run_seeds(name: str, data, out: str | Path, *, seeds: Sequence[int], scale: str = "reduced",
-              reuse: bool = True, log: Callable[[str], None] = print) -> dict:
+              epochs: int | None = None, reuse: bool = True, log: Callable[[str], None] = print) -> dict:
     """Run study ``name`` once per seed into ``out/seed-N/`` and write the summary to ``out/``.
 
     With ``reuse`` a seed whose ``results.json`` exists at the same scale is not rerun (an
     interrupted sweep resumes; seeds can be run by separate processes and summarised once).
     """
-    from . import run_study
+    from . import STUDIES, run_study
 
     if not seeds:
         raise ValueError("no seeds given")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"repeated seeds in {list(seeds)}")
+    want = (scale, common.scale_params(STUDIES[name].SCALE, scale, epochs)["epochs"])
     for k, s in enumerate(seeds):
         done = seed_dir(out, s) / "results.json"
         if reuse and done.is_file():
-            prev = json.loads(done.read_text()).get("scale")
-            if prev != scale:
-                raise ValueError(f"{done} is a {prev!r} run, not {scale!r}; use another output folder")
+            prev = json.loads(done.read_text())
+            if (prev.get("scale"), prev.get("epochs")) != want:
+                raise ValueError(f"{done} is a {prev.get('scale')!r} run of {prev.get('epochs')} epochs, not "
+                                 f"{want[0]!r} with {want[1]}; use another output folder or --overwrite")
             log(f"=== {name}: seed {s} ({k + 1}/{len(seeds)}): reusing {done} ===")
             continue
         log(f"=== {name}: seed {s} ({k + 1}/{len(seeds)}) ===")
-        run_study(name, data, seed_dir(out, s), scale=scale, seed=s, log=log)
+        run_study(name, data, seed_dir(out, s), scale=scale, seed=s, epochs=epochs, log=log)
     return summarise(name, out, seeds)
 
 
