@@ -40,6 +40,32 @@ def _wait_idle(qtbot, state, timeout=120_000):
     qtbot.waitUntil(lambda: not state.busy, timeout=timeout)
 
 
+class StallMeter:
+    """Longest gap between ticks of a 10 ms Qt timer while the block runs: how long the
+    viewer's event loop was blocked (the issue's responsiveness target is < 200 ms)."""
+
+    def __enter__(self):
+        from qtpy.QtCore import QTimer
+
+        self.gaps, self._last = [], time.perf_counter()
+        self._timer = QTimer()
+        self._timer.timeout.connect(self._tick)
+        self._timer.start(10)
+        return self
+
+    def _tick(self):
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def __exit__(self, *exc):
+        self._timer.stop()
+
+    @property
+    def longest(self) -> float:
+        return max(self.gaps[1:]) if len(self.gaps) > 1 else 0.0
+
+
 def _build(widgets, arch, **opts):
     import json
 
@@ -113,9 +139,19 @@ def test_inspect_saliency_and_attention_layers(setup, qtbot):
     viewer, widgets, state, img, gt = setup
     _build(widgets, "fpa", in_channels=1)
     iw = widgets["InspectWidget"]
-    iw.n_steps.value = 8
-    iw.saliency_button.clicked.emit()
-    _wait_idle(qtbot, state)
+    iw.n_steps.value = 32
+    stalls = []
+    for _ in range(2):
+        with StallMeter() as meter:
+            iw.saliency_button.clicked.emit()
+            _wait_idle(qtbot, state)
+        assert len(meter.gaps) >= 5  # the worker ran long enough for the meter to see it
+        stalls.append(meter.longest)
+    print(f"longest event-loop stall during saliency: {stalls[0] * 1000:.0f} ms (first run, napari creates "
+          f"the layer), {stalls[1] * 1000:.0f} ms (second run, layer updated)")
+    # the first run's stall is napari building the new layer's Qt controls and vispy visual
+    # (~100-190 ms measured, on the main thread by necessity); computing never blocks the viewer
+    assert stalls[0] < 0.5 and stalls[1] < 0.2
     sal = viewer.layers["IG saliency class 1"]
     assert sal.data.shape == img.shape and sal.blending == "additive" and sal.data.max() > 0
     iw.attention_button.clicked.emit()
@@ -125,8 +161,6 @@ def test_inspect_saliency_and_attention_layers(setup, qtbot):
 
 
 def test_training_keeps_the_viewer_responsive_and_can_be_saved(setup, qtbot, tmp_path):
-    from qtpy.QtCore import QTimer
-
     viewer, widgets, state, img, gt = setup
     _build(widgets, "unet", in_channels=1)
     tw = widgets["TrainWidget"]
@@ -135,31 +169,17 @@ def test_training_keeps_the_viewer_responsive_and_can_be_saved(setup, qtbot, tmp
     tw.tile.value = 32
     tw.lr.value = 1e-3
     tw.out_dir.value = str(tmp_path / "run")
-    gaps, last = [], [time.perf_counter()]
-
-    def tick():
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        if now - last[0] > 0.1:
-            print(f"stall {1000 * (now - last[0]):.0f} ms after {len(tw.train_events)} events "
-                  f"({type(tw.train_events[-1]).__name__ if tw.train_events else '-'})")
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(tick)
-    timer.start(10)
     before = {k: v.clone() for k, v in state.loaded.model.state_dict().items()}
-    tw.train_button.clicked.emit()
-    _wait_idle(qtbot, state)
-    timer.stop()
+    with StallMeter() as meter:
+        tw.train_button.clicked.emit()
+        _wait_idle(qtbot, state)
     from napari_segattn.training import Finished, Step
 
     assert any(isinstance(e, Finished) for e in tw.train_events)
     assert sum(isinstance(e, Step) for e in tw.train_events) >= 2
     assert any(not torch.equal(before[k], v) for k, v in state.loaded.model.state_dict().items())
-    longest = max(gaps[1:]) if len(gaps) > 1 else 0
-    print(f"longest event-loop stall during training: {longest * 1000:.0f} ms over {len(gaps)} ticks")
-    assert longest < 0.2
+    print(f"longest event-loop stall during training: {meter.longest * 1000:.0f} ms over {len(meter.gaps)} ticks")
+    assert meter.longest < 0.2
     # the run's checkpoint says what it was trained on, shown before anything runs
     widgets["ModelWidget"].load(path=str(tmp_path / "run"))
     info = widgets["ModelWidget"].info.value
