@@ -48,6 +48,10 @@ def test_fanet_ablation_rows_and_otsu_baseline(smoke, shared_data):
     expect = binary_metrics(otsu_mask(np.repeat(img, 3, axis=0), channel_axis=0), lab.astype(bool))
     otsu = next(r for r in res["table"] if r["row"] == "Otsu input mask")
     assert otsu["dice"] == pytest.approx(expect["dice"], abs=1e-9)
+    # the all-foreground floor is 2p / (1 + p) with p the foreground fraction
+    floor = next(r for r in res["table"] if r["row"] == "all-foreground mask")
+    p = lab.astype(bool).mean()
+    assert floor["dice"] == pytest.approx(2 * p / (1 + p), abs=1e-9) and floor["recall"] == 1.0
     b2 = next(r for r in res["table"] if r["row"].startswith("B2"))
     mix0 = next(r for r in res["per_iteration"] if r["variant"] == "MixPool" and r["iteration"] == 0)
     assert b2["dice"] == mix0["dice"] and b2["paper_dice"] == 0.9540
