@@ -20,7 +20,7 @@ from . import common, mni
 NAME = "attention-shift"
 SCALE = {
     "smoke": dict(factor=6, n_train=2, n_test=1, n_sal=1, epochs=1, alphas=(None, 8.0), n_steps=4),
-    "reduced": dict(factor=3, n_train=24, n_test=12, n_sal=2, epochs=8, alphas=(None, 20.0, 8.0, 1.0), n_steps=32),
+    "reduced": dict(factor=3, n_train=24, n_test=12, n_sal=2, epochs=60, alphas=(None, 20.0, 8.0, 1.0), n_steps=32),
     "full": dict(factor=1, n_train=None, n_test=None, n_sal=4, epochs=100, alphas=(None, 20.0, 14.0, 8.0, 4.0, 1.0), n_steps=50),
 }
 TABLES = {"dice_vs_alpha.csv": ("alpha",), "attention_shift_summary.csv": ("alpha", "explained")}

@@ -25,7 +25,7 @@ PAPER = {"B1": {"iou": 0.9128, "dice": 0.9544, "recall": 0.9597, "precision": 0.
 VARIANTS = {"B1": {"mixpool": "none"}, "MixPool": {"mixpool": "all"}, "MixPool-STE": {"mixpool": "all", "mask_grad": "ste"}}
 SCALE = {
     "smoke": dict(factor=16, crop=None, epochs=1, n_train=2, iterations=2, n_test=1),
-    "reduced": dict(factor=8, crop=None, epochs=8, n_train=None, iterations=11),
+    "reduced": dict(factor=8, crop=None, epochs=40, n_train=None, iterations=11),
     "full": dict(factor=1, crop=None, epochs=500, n_train=None, iterations=11),
 }
 KEYS = ("dice", "iou", "recall", "precision")

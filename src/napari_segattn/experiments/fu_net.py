@@ -18,7 +18,7 @@ PAPER = {"200/100": {"brunet": (0.8775, 0.7164), "funet": (0.8929, 0.7563)},
          "50/250": {"brunet": (0.8088, 0.6387), "funet": (0.8182, 0.7087)}}
 SCALE = {
     "smoke": dict(factor=6, sizes=(2,), n_test=1, epochs=1),
-    "reduced": dict(factor=3, sizes=(5, 10), n_test=12, epochs=30),
+    "reduced": dict(factor=3, sizes=(5, 10), n_test=12, epochs=100),
     "full": dict(factor=1, sizes=(5, 10), n_test=None, epochs=500),
 }
 TABLES = {"table.csv": ("n_train", "method")}

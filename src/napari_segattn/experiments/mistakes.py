@@ -26,7 +26,7 @@ PAPER = {"aunet": {"iou": 66.48, "hd95": 15.51, "fn_rate": 58.42},
          "fpa": {"iou": 70.10, "hd95": 10.86, "fn_rate": 49.39}}
 SCALE = {
     "smoke": dict(factor=8, crop=None, epochs=1, n_train=4, width=8),
-    "reduced": dict(factor=4, crop=64, epochs=8, n_train=None, width=32),
+    "reduced": dict(factor=4, crop=64, epochs=40, n_train=None, width=32),
     "full": dict(factor=1, crop=None, epochs=100, n_train=None, width=32),
 }
 KEYS = ("dice", "iou", "hd95", "precision", "recall", "fp_rate", "fn_rate")
