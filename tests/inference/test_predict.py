@@ -172,3 +172,15 @@ def test_gpu_out_of_memory_becomes_advice(standin, rng, monkeypatch):
     monkeypatch.setattr(m, "_forward", boom)
     with pytest.raises(GPUMemoryError, match=r"batch_size=8 \(CLI: --batch-size 8\)"):
         predict(m, rng.random((4, 8, 8)), slice_axis=0, batch_size=16, device="cpu")
+
+
+@pytest.mark.gpu
+def test_cuda_pipelined_batches_equal_cpu(rng):
+    """The CUDA path (pinned uploads, one batch in flight, fp16 autocast) against CPU fp32."""
+    from napari_segattn.models import build_model
+
+    model = build_model("unet", in_channels=1, out_channels=1, width=4)
+    vol = rng.random((7, 32, 32)).astype(np.float32)
+    cpu = predict(model, vol, slice_axis=0, batch_size=3, device="cpu")
+    gpu = predict(model, vol, slice_axis=0, batch_size=3, device="cuda")
+    np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=2e-3)

@@ -200,7 +200,9 @@ def run_batches(
         channels_last = use_channels_last(traits, device)
     mf = torch.channels_last if channels_last else torch.contiguous_format
     n = stack.shape[0]
-    with _cudnn_benchmark(device.type == "cuda"):
+    cuda = device.type == "cuda"
+    pending: _Pending | None = None
+    with _cudnn_benchmark(cuda):
         for start in range(0, n, batch_size):
             if cancel is not None and cancel():
                 raise Cancelled("prediction cancelled")
@@ -214,12 +216,43 @@ def run_batches(
                         args = [_upload(stack[a:b], device, mf)]
                         if traits.takes_mask:
                             args.append(_upload(masks[a:b, None].astype(np.float32), device, mf))
-                        parts.append(to_probabilities(model(*args), traits.reverse_labels).float().cpu().numpy())
-                    out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                        parts.append(to_probabilities(model(*args), traits.reverse_labels).float())
+                    probs = parts[0] if len(parts) == 1 else torch.cat(parts)
+                    current = _Pending.start(stop, probs, cuda)
+                # One batch in flight: this batch's kernels and its device->host copy are queued
+                # before we wait for the previous batch, so on CUDA the GPU computes batch k+1
+                # while the host hands batch k to the caller and slices / pins batch k+2.
+                if pending is not None:
+                    yield pending.finish()
+                pending = current
             except torch.cuda.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 raise GPUMemoryError(_oom_message(batch_size)) from None
-            yield stop, out
+        if pending is not None:
+            yield pending.finish()
+
+
+class _Pending:
+    """A batch's probabilities on their way to the host (non-blocking copy into pinned memory
+    on CUDA, with an event to wait on; a plain tensor on CPU)."""
+
+    def __init__(self, stop: int, host: torch.Tensor, event):
+        self.stop, self.host, self.event = stop, host, event
+
+    @classmethod
+    def start(cls, stop: int, probs: torch.Tensor, cuda: bool) -> "_Pending":
+        if not cuda:
+            return cls(stop, probs, None)
+        host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+        host.copy_(probs, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(stop, host, event)
+
+    def finish(self) -> tuple[int, np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.stop, self.host.numpy()
 
 
 def iter_predict(
