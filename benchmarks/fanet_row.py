@@ -115,6 +115,14 @@ def run(quick: bool, device: torch.device, options: dict | None = None) -> dict:
 
     t, p = timed(library_step, device, repeat=repeat)
     rows.append(variant("library: FANetRefiner.step() (defaults)", t, t_ref, **agree(p)))
+    refiner16 = FANetRefiner(model, img, channel_axis=0, device=str(device), amp="bf16")
+
+    def library_step_bf16():
+        refiner16.reset()
+        return refiner16.step().probabilities
+
+    t, p = timed(library_step_bf16, device, repeat=repeat)
+    rows.append(variant("library: FANetRefiner(amp='bf16').step()", t, t_ref, **agree(p)))
     return {
         "what": f"FANet refinement step 1x3x{size}x{size} (random weights, EM slice + Otsu mask)",
         "reference": "eager fp32 under torch.no_grad(), contiguous, no tuning",

@@ -45,14 +45,16 @@ def test_fanet_row_fp32_variants_agree_with_the_reference():
     for prefix in ("inference_mode", "library"):
         v = _variant(r, prefix)
         assert v["dice_vs_fp32"] == 1.0 and v["max_abs_prob_diff"] < 1e-5
-    bf16 = _variant(r, "inference_mode + channels_last + bfloat16")
-    assert 0.0 <= bf16["dice_vs_fp32"] <= 1.0 and bf16["max_abs_prob_diff"] < 0.5
+    for prefix in ("inference_mode + channels_last + bfloat16", "library: FANetRefiner(amp='bf16')"):
+        bf16 = _variant(r, prefix)
+        assert 0.0 <= bf16["dice_vs_fp32"] <= 1.0 and 0 < bf16["max_abs_prob_diff"] < 0.5
 
 
 def test_volume_row_batched_prediction_equals_the_slice_loop():
     r = run_row("volume", quick=True, device="cpu", options=TINY)
-    v = r["variants"][0]
-    assert v["dice_vs_fp32"] == 1.0 and v["max_abs_prob_diff"] < 1e-5 and v["amp"] is False
+    v, v16 = r["variants"]
+    assert v["dice_vs_fp32"] == 1.0 and v["max_abs_prob_diff"] < 1e-5 and v["precision"] == "float32"
+    assert v16["precision"] == "bfloat16" and 0 < v16["max_abs_prob_diff"] < 0.5
 
 
 def test_train_row_variants_compute_the_same_first_loss():

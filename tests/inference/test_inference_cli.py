@@ -77,6 +77,12 @@ def test_predict_fanet_iterations(tmp_path, ckpt):
                  "--iterations", "2", "--device", "cpu"]) == 0
     # from a full mask the stand-in keeps exactly the bright pixels
     np.testing.assert_array_equal(tifffile.imread(out), (line_image() > 0.2).astype(np.uint8))
+    # --bf16 runs the same path in bfloat16 autocast: the stand-in's clear-cut pixels agree
+    out16 = tmp_path / "o16.tif"
+    assert main(["predict", ckpt("fanet"), str(tmp_path / "img.tif"), "--out", str(out16), "--init", "full",
+                 "--iterations", "2", "--device", "cpu", "--bf16"]) == 0
+    agree = (tifffile.imread(out16) == tifffile.imread(out)).mean()
+    assert agree > 0.99, agree
 
 
 def test_refine_writes_iterations_and_csv(tmp_path, ckpt):

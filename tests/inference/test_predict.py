@@ -184,3 +184,26 @@ def test_cuda_pipelined_batches_equal_cpu(rng):
     cpu = predict(model, vol, slice_axis=0, batch_size=3, device="cpu")
     gpu = predict(model, vol, slice_axis=0, batch_size=3, device="cuda")
     np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=2e-3)
+
+
+def test_amp_policy_cpu_is_exact_unless_bf16_is_asked_for(rng):
+    """Default CPU inference is plain float32 (identical to amp=False); amp='bf16' autocasts and
+    stays close; a wrong value is refused before any work."""
+    import warnings
+
+    from napari_segattn.models import build_model
+
+    model = build_model("unet", in_channels=1, out_channels=1, width=4)
+    img = rng.random((48, 48)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no autocast warnings on the plain path
+        exact = predict(model, img, device="cpu", amp=False)
+        default = predict(model, img, device="cpu")
+    np.testing.assert_array_equal(default.probabilities, exact.probabilities)
+    assert default.info["precision"] == "float32" and default.info["amp"] is False
+    half = predict(model, img, device="cpu", amp="bf16")
+    assert half.info["precision"] == "bfloat16" and half.probabilities.dtype == np.float32
+    diff = np.abs(half.probabilities - exact.probabilities).max()
+    assert 0 < diff < 0.05, diff  # really computed in bf16, and close
+    with pytest.raises(ValueError, match="amp="):
+        predict(model, img, device="cpu", amp="fp8")

@@ -29,6 +29,7 @@ __all__ = [
     "GPUMemoryError",
     "prepare_stack",
     "run_batches",
+    "autocast_dtype",
     "drive",
     "use_channels_last",
     "CPU_CHANNELS_LAST",
@@ -164,6 +165,24 @@ def _upload(arr: np.ndarray, device: torch.device, memory_format: torch.memory_f
     return t.contiguous(memory_format=memory_format) if t.ndim == 4 else t
 
 
+def autocast_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast precision for ``amp`` on ``device`` (None = plain float32).
+
+    ``True``/``"auto"``: float16 on CUDA, float32 elsewhere, so CPU results are exact and the
+    same on every machine. ``"bf16"``: bfloat16 autocast on CUDA *and* CPU -- opt-in on CPU
+    because it changes probabilities by ~1e-2 and only pays off with native bf16 (AMX /
+    AVX512-BF16: FANet 512² step 3.8x faster; emulated on older CPUs: ~10x slower, see
+    docs/performance.md). ``False``/``"off"``: float32 everywhere.
+    """
+    if amp in (False, None, "off"):
+        return None
+    if amp is True or amp == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    if amp == "bf16":
+        return torch.bfloat16
+    raise ValueError(f"amp={amp!r}; use True/'auto', False/'off' or 'bf16'")
+
+
 @contextlib.contextmanager
 def _cudnn_benchmark(enabled: bool) -> Iterator[None]:
     # cuDNN autotuning pays off because every batch but the last has the same shape.
@@ -190,12 +209,11 @@ def run_batches(
     """Yield ``(slices_done, probabilities (b, K, H, W))`` batch by batch (inference mode).
 
     ``channels_last=None``: on CUDA always, on CPU for :data:`CPU_CHANNELS_LAST` models.
-    AMP (``amp``) is CUDA only: float16 autocast (bf16 on CPU was slower here, see
-    docs/performance.md); probabilities are computed in float32 either way.
+    ``amp``: see :func:`autocast_dtype`; probabilities are computed in float32 either way.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    use_amp = bool(amp) and device.type == "cuda"
+    amp_dtype = autocast_dtype(amp, device)
     if channels_last is None:
         channels_last = use_channels_last(traits, device)
     mf = torch.channels_last if channels_last else torch.contiguous_format
@@ -208,7 +226,8 @@ def run_batches(
                 raise Cancelled("prediction cancelled")
             stop = min(n, start + batch_size)
             try:
-                with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                with torch.inference_mode(), torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                                             enabled=amp_dtype is not None):
                     step = CPU_MICRO_BATCH if device.type == "cpu" else stop - start
                     parts = []
                     for a in range(start, stop, step):
@@ -263,7 +282,7 @@ def iter_predict(
     slice_axis: int | None = None,
     batch_size: int = 16,
     device: str | torch.device = "auto",
-    amp: bool = True,
+    amp: bool | str = True,
     mask: np.ndarray | str | None = None,
     threshold: float = 0.5,
     cancel: Callable[[], bool] | None = None,
@@ -287,6 +306,7 @@ def iter_predict(
     elif mask is not None:
         raise InputError(f"model {traits.name!r} takes no feedback mask")
     dev = resolve_device(device)
+    precision = autocast_dtype(amp, dev)  # checks ``amp`` before any work
     n = stack.shape[0]
     probs = np.empty((n, 1 if traits.binary else traits.out_channels, *stack.shape[2:]), np.float32)
     yield PredictProgress(0, n)
@@ -308,7 +328,8 @@ def iter_predict(
         threshold=threshold if traits.binary else None,
         device=str(dev),
         seconds=time.perf_counter() - t0,
-        info={"slices": n, "batch_size": batch_size, "amp": bool(amp) and dev.type == "cuda",
+        info={"slices": n, "batch_size": batch_size, "amp": precision is not None,
+              "precision": str(precision or torch.float32).removeprefix("torch."),
               "feedback_mask": mask_source},
     )
 
@@ -332,7 +353,7 @@ def predict(
     slice_axis: int | None = None,
     batch_size: int = 16,
     device: str | torch.device = "auto",
-    amp: bool = True,
+    amp: bool | str = True,
     mask: np.ndarray | str | None = None,
     threshold: float = 0.5,
     progress: Callable[[PredictProgress], None] | None = None,

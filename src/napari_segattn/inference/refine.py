@@ -71,7 +71,7 @@ class FANetRefiner:
         slice_axis: int | None = None,
         device: str | torch.device = "auto",
         batch_size: int = 16,
-        amp: bool = True,
+        amp: bool | str = True,
         threshold: float = 0.5,
         spacing: tuple[float, ...] | None = None,
         metrics_per_slice: bool = False,
