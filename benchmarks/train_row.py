@@ -66,6 +66,11 @@ def _one(name: str, size: int, batch: int, repeat: int, device: torch.device) ->
     t, l = timed(_stepper(copy.deepcopy(base), loss_fn, x, y, extras, device, channels_last=True), device,
                  repeat=repeat)
     rows.append(variant(f"{label}: channels_last", t, t_ref, loss=l))
+    if device.type == "cpu":
+        # TrainConfig(amp="bf16") on CPU: worth it only with native bf16 (AMX / AVX512-BF16)
+        t, l = timed(_stepper(copy.deepcopy(base), loss_fn, x, y, extras, device, amp_dtype=torch.bfloat16),
+                     device, repeat=repeat)
+        rows.append(variant(f"{label}: bfloat16 autocast", t, t_ref, loss=l))
     if device.type == "cuda":
         dt = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         t, l = timed(_stepper(copy.deepcopy(base), loss_fn, x, y, extras, device, channels_last=True,

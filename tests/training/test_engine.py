@@ -262,6 +262,17 @@ def test_resume_with_augmentation_equals_an_uninterrupted_run(tmp_path):
         torch.testing.assert_close(resumed.state_dict()[k], v, rtol=0, atol=1e-6)
 
 
+def test_cpu_autocast_only_when_bf16_is_asked_for():
+    """'auto' keeps CPU training in exact float32; 'bf16' is an explicit CPU opt-in that trains."""
+    torch.manual_seed(0)
+    for amp, want in (("auto", None), ("fp16", None), ("bf16", torch.bfloat16)):
+        tr = Trainer(build_model("_tiny", dropout=0.0), toy_dataset(4), None, dataclasses.replace(FAST, epochs=1, amp=amp),
+                     device="cpu")
+        events = tr.fit()
+        assert tr.amp_dtype == want
+        assert all(np.isfinite(e.loss) for e in events if isinstance(e, Step))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_amp_and_channels_last_train(amp):

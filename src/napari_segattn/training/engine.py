@@ -486,8 +486,12 @@ def _spec(name: str | None):
 
 
 def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "bf16" and device.type == "cpu":
+        # opt-in only: pays off on CPUs with native bf16 (AMX / AVX512-BF16), emulated and
+        # slower elsewhere, and it changes numerics (docs/performance.md)
+        return torch.bfloat16
     if device.type != "cuda" or amp == "off":
-        return None  # autocast only on CUDA: CPU/MPS bf16 gains little and changes numerics
+        return None  # "auto" and fp16 autocast only on CUDA
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if amp == "bf16" else torch.float16

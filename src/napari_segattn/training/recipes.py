@@ -51,7 +51,7 @@ class TrainConfig:
     select_class: int | None = None
     # run
     seed: int = 0
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off elsewhere) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off elsewhere) | bf16 (also CPU) | fp16 | off
     channels_last: bool = True  # CUDA only
     num_workers: int = 0
     deterministic: bool = True
