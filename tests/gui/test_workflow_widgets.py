@@ -84,6 +84,15 @@ def test_predict_fills_a_labels_layer(setup, qtbot):
     assert pred.data.shape == img.shape and pred.metadata["segattn"]
     prob = viewer.layers["probability"].data
     np.testing.assert_array_equal(pred.data.astype(bool), prob > 0.5)
+    pw = widgets["PredictRefineWidget"]
+    assert "float32" in pw.status.value
+    # the bfloat16 box: same model, bf16 autocast; probabilities close to the float32 ones
+    pw.bf16.value = True
+    pw.predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert pw.last_prediction.info["precision"] == "bfloat16" and "bfloat16" in pw.status.value
+    diff = np.abs(viewer.layers["probability"].data - prob).max()
+    assert 0 < diff < 0.05, diff
 
 
 def test_fanet_steps_and_painted_correction_is_fed_back(setup, qtbot):
@@ -113,6 +122,13 @@ def test_fanet_steps_and_painted_correction_is_fed_back(setup, qtbot):
     rw.run_button.clicked.emit()
     _wait_idle(qtbot, state)
     assert 3 <= len(ref.history) <= 5
+    # ticking bfloat16 mid-refinement: the next step runs in bf16, the history is kept
+    n = len(ref.history)
+    rw.bf16.value = True
+    assert ref.amp == "bf16"
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert len(ref.history) == n + 1
     rw.reset_button.clicked.emit()
     assert ref.history == []
 
