@@ -132,18 +132,24 @@ def use_channels_last(traits: ModelTraits, device: torch.device) -> bool:
 
 
 @contextlib.contextmanager
-def _eval_on(model: torch.nn.Module, device: torch.device, channels_last: bool | None = None) -> Iterator[None]:
-    """Eval mode + device for the block; the caller's train/eval flag is restored after.
+def _eval_on(model: torch.nn.Module, device: torch.device, channels_last: bool | None = None, *,
+             fold: bool = False) -> Iterator[torch.nn.Module]:
+    """Eval mode + device for the block, yielding the network to run: with ``fold`` the model
+    with its BatchNorms folded into the convolutions (a cached copy, ``inference.fold``),
+    otherwise the model itself; the caller's train/eval flag is restored after.
 
     ``channels_last=None`` keeps the released rule (channels-last on CUDA only).
     """
+    from .fold import folded_for_inference
+
     was_training = model.training
     model.eval()
     model.to(device)
-    if channels_last or (channels_last is None and device.type == "cuda"):
+    cl = bool(channels_last or (channels_last is None and device.type == "cuda"))
+    if cl:
         model.to(memory_format=torch.channels_last)
     try:
-        yield
+        yield folded_for_inference(model, cl) if fold else model
     finally:
         model.train(was_training)
 
@@ -310,8 +316,8 @@ def iter_predict(
     n = stack.shape[0]
     probs = np.empty((n, 1 if traits.binary else traits.out_channels, *stack.shape[2:]), np.float32)
     yield PredictProgress(0, n)
-    with _eval_on(model, dev, use_channels_last(traits, dev)):
-        for done, out in run_batches(model, traits, stack, masks, batch_size=batch_size, device=dev,
+    with _eval_on(model, dev, use_channels_last(traits, dev), fold=True) as net:
+        for done, out in run_batches(net, traits, stack, masks, batch_size=batch_size, device=dev,
                                      amp=amp, cancel=cancel):
             probs[done - out.shape[0]:done] = out
             yield PredictProgress(done, n)

@@ -151,8 +151,8 @@ class FANetRefiner:
         masks = self.layout.spatial_to_stack(fed)
         n = self._stack.shape[0]
         probs = np.empty((n, *self._stack.shape[2:]), np.float32)
-        with _eval_on(self.model, self.device, use_channels_last(self.traits, self.device)):
-            for done, out in run_batches(self.model, self.traits, self._stack, masks, batch_size=self.batch_size,
+        with _eval_on(self.model, self.device, use_channels_last(self.traits, self.device), fold=True) as net:
+            for done, out in run_batches(net, self.traits, self._stack, masks, batch_size=self.batch_size,
                                          device=self.device, amp=self.amp, cancel=cancel):
                 probs[done - out.shape[0]:done] = out[:, 0]
         p = self.layout.spatial_from_stack(probs)
