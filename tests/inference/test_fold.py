@@ -73,3 +73,18 @@ def test_predict_runs_the_folded_copy_with_training_in_between():
     second = predict(model, img, device="cpu", amp=False).probabilities
     assert np.abs(second - first).max() > 1e-3
     np.testing.assert_allclose(second, expect, rtol=1e-4, atol=1e-5)
+
+
+def test_cache_lets_models_go():
+    """Neither a foldable nor an unfoldable model is kept alive by the cache."""
+    import gc
+    import weakref
+
+    for name in ("fbunet", "unet"):
+        model = build_model(name, in_channels=1, out_channels=1)
+        net = folded_for_inference(model)
+        assert (net is model) == (name == "unet")
+        ref = weakref.ref(model)
+        del model, net
+        gc.collect()
+        assert ref() is None

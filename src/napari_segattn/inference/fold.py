@@ -22,7 +22,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 __all__ = ["fold_batchnorm", "folded_for_inference"]
 
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module | None]]" = weakref.WeakKeyDictionary()
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
@@ -63,10 +63,10 @@ def folded_for_inference(model: nn.Module, channels_last: bool = False) -> nn.Mo
     key = _state_key(model, channels_last)
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key:
-        return hit[1]
+        return hit[1] if hit[1] is not None else model
     folded, n = fold_batchnorm(model)
     if n and channels_last:
         folded = folded.to(memory_format=torch.channels_last)
-    net = folded if n else model
-    _CACHE[model] = (key, net)
-    return net
+    # None, not the model itself: a cached value referring to its own key would keep it alive
+    _CACHE[model] = (key, folded if n else None)
+    return folded if n else model
