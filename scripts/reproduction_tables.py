@@ -51,7 +51,20 @@ def claims(path: Path) -> str:
     return "\n".join(out)
 
 
-def main(root: Path) -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Print docs/reproduction.md's tables from `segattn experiment --seeds` "
+                                             "summaries.")
+    ap.add_argument("folder", nargs="?", default="experiments-results",
+                    help="a folder of study folders (fanet-ablation/, mistakes/, ...) or one study's --out folder "
+                         "(default: experiments-results)")
+    root = Path(ap.parse_args(argv).folder)
+    if (root / "summary.json").is_file():  # one study's folder, whatever its name
+        study = json.loads((root / "summary.json").read_text())["study"]
+        folders = {study: root}
+    else:
+        folders = {name: root / name for name in ("fanet-ablation", "mistakes", "attention-shift", "fu-net")}
     specs = {
         "fanet-ablation": [("summary_table.csv", ["row"], ["dice", "iou", "recall", "precision"],
                             ["dice", "iou", "recall", "precision"])],
@@ -62,19 +75,24 @@ def main(root: Path) -> int:
                              ["mass_background", "mass_GM", "mass_WM", "centroid_shift_px"], [])],
         "fu-net": [("summary_table.csv", ["n_train", "method"], ["dice_GM", "dice_WM"], [])],
     }
-    for name, tables in specs.items():
-        d = root / name
+    found = 0
+    for name, d in folders.items():
+        tables = specs[name]
         if not (d / "summary.json").is_file():
             print(f"## {name}: no summary.json in {d}\n")
             continue
+        found += 1
         s = json.loads((d / "summary.json").read_text())
         walls = [w for w in s["wall_seconds"].values() if w is not None]
         print(f"## {name} ({s['scale']}, seeds {s['seeds']}, {min(walls):.0f}–{max(walls):.0f} s per seed)\n")
         for fname, keys, cols, paper in tables:
             print(table(d / fname, keys, cols, paper) + "\n")
         print(claims(d / "claims.csv") + "\n")
+    if not found:
+        print(f"no study summaries under {root}; run `segattn experiment NAME --seeds ...` first", file=sys.stderr)
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1] if len(sys.argv) > 1 else "experiments-results")))
+    sys.exit(main())

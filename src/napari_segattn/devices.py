@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device", "available_devices"]
+__all__ = ["resolve_device", "available_devices", "DeviceError"]
+
+
+class DeviceError(RuntimeError, ValueError):
+    """The requested device does not exist here (a user error: message says what to use)."""
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -19,19 +23,19 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but this torch build sees no CUDA GPU "
+            raise DeviceError(f"device {name!r} requested but this torch build sees no CUDA GPU "
                                f"(torch {torch.__version__}); use 'cpu' or install a CUDA build of torch")
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+            raise DeviceError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
         return dev
     if name == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise RuntimeError("device 'mps' requested but Apple MPS is not available")
+            raise DeviceError("device 'mps' requested but Apple MPS is not available")
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown device {name!r}; use auto, cuda, cuda:N, mps or cpu")
+    raise DeviceError(f"unknown device {name!r}; use auto, cuda, cuda:N, mps or cpu")
 
 
 def available_devices() -> list[tuple[str, str]]:

@@ -46,6 +46,24 @@ def test_train_writes_a_loadable_model(tmp_path, capsys):
     rc = main(["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize",
                "--epochs", "2", "--batch-size", "2", "--device", "cpu", "--out", str(out), "--seed", "3", "--resume"])
     assert rc == 0
+    # a plain re-run into the same folder is refused (the first run's model stays), --overwrite replaces it
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize", "--epochs", "1",
+            "--batch-size", "2", "--device", "cpu", "--out", str(out)]
+    capsys.readouterr()
+    assert main(base) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert main(base + ["--overwrite"]) == 0
+    assert (out / "model.safetensors").stat().st_mtime_ns != stamp
+    # predict takes the run folder for its model; a device this torch lacks is a one-line error
+    iio.imwrite(tmp_path / "one.png", iio.imread(idir / "s00.png"))
+    assert main(["predict", str(out), str(tmp_path / "one.png"), "--out", str(tmp_path / "p.png"), "--device", "cpu"]) == 0
+    if not torch.cuda.is_available():
+        assert main(["predict", str(out), str(tmp_path / "one.png"), "--out", str(tmp_path / "q.png"),
+                     "--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err and not (tmp_path / "q.png").exists()
+    assert main(["predict", str(tmp_path / "images"), str(tmp_path / "one.png"), "--out", str(tmp_path / "r.png")]) == 2
+    assert "folder without model.safetensors" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

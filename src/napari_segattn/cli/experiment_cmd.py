@@ -49,7 +49,8 @@ def run(args) -> int:
         except (DataError, ValueError) as exc:
             raise CLIError(str(exc)) from None
         for c in summary["claims"]:
-            print(f"  {c['claim']:<32} {c['mean']:+.4f} ± {c['sd']:.4f}  holds in {c['holds_in']} seeds")
+            spread = "(one seed)" if c["sd"] != c["sd"] else f"± {c['sd']:.4f}"  # NaN sd: a single seed
+            print(f"  {c['claim']:<32} {c['mean']:+.4f} {spread}  holds in {c['holds_in']} seeds")
         print(f"{args.name} ({scale}) seeds {args.seeds}: summary in {out}")
         return 0
     if (out / "results.json").exists() and not args.overwrite:

@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     prec.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA (plain float32)")
     prec.add_argument("--bf16", action="store_true",
                       help="bfloat16 autocast, also on CPU: 2-4x faster on CPUs with AMX/AVX512-BF16, "
-                           "slower on others; probabilities change by ~1e-2 (docs/performance.md)")
+                           "slower on others; probabilities change by up to a few 1e-2 (docs/performance.md)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_common(p)
     p.set_defaults(func=run)
@@ -48,17 +48,27 @@ def user_errors():
     from ..inference import GPUMemoryError, InputError
     from ..models import CheckpointError
 
+    from ..devices import DeviceError
+
     try:
         yield
-    except (CheckpointError, InputError, GPUMemoryError, FileExistsError, FileNotFoundError) as exc:
+    except (CheckpointError, InputError, GPUMemoryError, DeviceError, FileExistsError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from None
 
 
 def load_cli_model(path: str):
     from ..models import load_model
 
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():  # a training run folder: its best model, as the Model widget accepts
+        if not (p / "model.safetensors").is_file():
+            raise CLIError(f"{path} is a folder without model.safetensors; pass a .safetensors checkpoint "
+                           "or a training run folder")
+        p = p / "model.safetensors"
     with user_errors():
-        return load_model(path, map_location="cpu")
+        return load_model(str(p), map_location="cpu")
 
 
 def read_cli_image(path: str, model, channel_axis=None, slice_axis=None):

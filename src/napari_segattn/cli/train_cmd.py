@@ -6,6 +6,8 @@ DistributedDataParallel (one process per GPU; gloo on CPU).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dataclasses
 import os
 import sys
@@ -38,6 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
+    p.add_argument("--overwrite", action="store_true", help="train into a non-empty OUT, replacing its run")
     p.add_argument("--seed", type=int)
     p.set_defaults(func=run)
 
@@ -173,6 +176,12 @@ def run(args) -> int:
         get_spec(args.model)
     except KeyError as exc:
         raise CLIError(exc.args[0]) from None
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} is a file; training writes a folder")
+    if not (args.resume or args.overwrite) and out.is_dir() and any(out.iterdir()):
+        raise CLIError(f"{out} is not empty (an earlier run?); pass --resume to continue it, --overwrite to "
+                       "replace it, or choose another --out")
     cfg = _config(args)
     try:
         rank, device = _init_distributed(args.device)

@@ -176,7 +176,7 @@ def autocast_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
 
     ``True``/``"auto"``: float16 on CUDA, float32 elsewhere, so CPU results are exact and the
     same on every machine. ``"bf16"``: bfloat16 autocast on CUDA *and* CPU -- opt-in on CPU
-    because it changes probabilities by ~1e-2 and only pays off with native bf16 (AMX /
+    because it changes probabilities by up to a few 1e-2 and only pays off with native bf16 (AMX /
     AVX512-BF16: FANet 512² step 3.8x faster; emulated on older CPUs: ~10x slower, see
     docs/performance.md). ``False``/``"off"``: float32 everywhere.
     """

@@ -38,10 +38,10 @@ class PredictRefineWidget(Container):
         self.cancel_button = PushButton(text="Cancel")
         self.show_probs = CheckBox(label="show probabilities", value=True)
         # opt-in: 2-4x faster on CPUs with AMX / AVX512-BF16 (and on GPUs), slower on other CPUs,
-        # probabilities change by ~1e-2 (docs/performance.md); off = exact float32 on CPU
+        # probabilities change by up to a few 1e-2 (docs/performance.md); off = exact float32 on CPU
         self.bf16 = CheckBox(label="bfloat16", value=False,
                              tooltip="bfloat16 autocast: 2-4x faster on CPUs with AMX/AVX512-BF16 and on GPUs, "
-                                     "slower on older CPUs; probabilities change by ~1e-2")
+                                     "slower on older CPUs; probabilities change by up to a few 1e-2")
         self.status = wrapped_label(value="")
         self.extend([self.scope, self.batch_size, self.predict_button, self.init, self.max_iters, self.tol,
                      self.step_button, self.run_button, self.reset_button, self.cancel_button, self.show_probs,
