@@ -18,8 +18,8 @@ NAMES = ("fanet-ablation", "mistakes", "attention-shift", "fu-net")
 def add_parser(sub) -> None:
     p = sub.add_parser("experiment", help="reproduce a paper's claim on the shared real data (tables + figures)")
     p.add_argument("name", choices=NAMES)
-    p.add_argument("--data", default=None, help="shared data root holding isbi2012_em/ and mni152/ "
-                                                "(default: $SEGATTN_SHARED_DATA or ../shared/data)")
+    p.add_argument("--data", default=None, help="shared data root holding isbi2012_em/ and mni152/ (default: "
+                                                "$SEGATTN_SHARED_DATA, else shared/data next to the source checkout)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true", help="the paper's scale (full resolution and epochs; GPU)")
     size.add_argument("--smoke", action="store_true", help="a tiny 1-epoch run that checks the pipeline")

@@ -171,7 +171,7 @@ def _upload(arr: np.ndarray, device: torch.device, memory_format: torch.memory_f
     return t.contiguous(memory_format=memory_format) if t.ndim == 4 else t
 
 
-def autocast_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
     """The autocast precision for ``amp`` on ``device`` (None = plain float32).
 
     ``True``/``"auto"``: float16 on CUDA, float32 elsewhere, so CPU results are exact and the
@@ -180,13 +180,13 @@ def autocast_dtype(amp: bool | str, device: torch.device) -> torch.dtype | None:
     AVX512-BF16: FANet 512² step 3.8x faster; emulated on older CPUs: ~10x slower, see
     docs/performance.md). ``False``/``"off"``: float32 everywhere.
     """
-    if amp in (False, None, "off"):
+    if amp is None or amp is False or amp == "off" or (type(amp) is int and amp == 0):
         return None
-    if amp is True or amp == "auto":
+    if amp is True or amp == "auto" or (type(amp) is int and amp == 1):
         return torch.float16 if device.type == "cuda" else None
     if amp == "bf16":
         return torch.bfloat16
-    raise ValueError(f"amp={amp!r}; use True/'auto', False/'off' or 'bf16'")
+    raise ValueError(f"amp={amp!r}; use True/'auto', False/None/'off' or 'bf16'")
 
 
 @contextlib.contextmanager
