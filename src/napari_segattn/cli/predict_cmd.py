@@ -134,7 +134,7 @@ def run(args) -> int:
                             overwrite=args.overwrite, labels=False)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-    print(f"wrote {out}")
+    print(f"wrote {out}" + (f" and {args.probabilities}" if args.probabilities else ""))
     return 0
 
 
