@@ -244,10 +244,9 @@ def panel(tiles: Sequence[np.ndarray], gap: int = 2) -> np.ndarray:
     return np.concatenate(out[:-1], axis=1)
 
 
-def plot(path: Path, kind: str, series: dict[str, Sequence[float]], x: Sequence, *, title: str, xlabel: str,
-         ylabel: str) -> Path | None:
-    """A line or grouped-bar chart with matplotlib (Agg) when installed; None otherwise
-    (the CSV next to it holds the same numbers)."""
+def new_axes(figsize: tuple[float, float]):
+    """``(fig, ax)`` of a matplotlib (Agg) figure, or None without matplotlib (an optional
+    dependency: the CSV next to each chart holds the same numbers)."""
     try:
         import matplotlib
 
@@ -255,7 +254,27 @@ def plot(path: Path, kind: str, series: dict[str, Sequence[float]], x: Sequence,
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+    return plt.subplots(figsize=figsize, dpi=100)
+
+
+def save_figure(fig, ax, path: Path) -> Path:
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def plot(path: Path, kind: str, series: dict[str, Sequence[float]], x: Sequence, *, title: str, xlabel: str,
+         ylabel: str) -> Path | None:
+    """A line or grouped-bar chart (None without matplotlib)."""
+    axes = new_axes((5.5, 3.6))
+    if axes is None:
+        return None
+    fig, ax = axes
     xs = np.arange(len(x))
     if kind == "line":
         for name, ys in series.items():
@@ -269,12 +288,7 @@ def plot(path: Path, kind: str, series: dict[str, Sequence[float]], x: Sequence,
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, ax, path)
 
 
 def mean_rows(rows: list[dict], keys: Sequence[str]) -> dict:

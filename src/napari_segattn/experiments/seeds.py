@@ -143,14 +143,10 @@ def summarise(name: str, out: str | Path, seeds: Sequence[int]) -> dict:
 
 
 def _plot_claims(path: Path, claims: list[dict], *, title: str) -> Path | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    axes = common.new_axes((6.5, 0.45 * len(claims) + 1.4))
+    if axes is None:
         return None
-    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(claims) + 1.4), dpi=100)
+    fig, ax = axes
     y = np.arange(len(claims))[::-1]
     means = [c["mean"] for c in claims]
     sds = [0.0 if math.isnan(c["sd"]) else c["sd"] for c in claims]
@@ -168,9 +164,4 @@ def _plot_claims(path: Path, claims: list[dict], *, title: str) -> Path | None:
     ax.set_yticks(y, [c["claim"] for c in claims], fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("signed difference (mean ± sd; x = single seeds)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, ax, path)
