@@ -132,3 +132,42 @@ def test_otsu_initial_mask_is_the_data_packages(standin):
     ref = FANetRefiner(standin("fanet"), img, device="cpu")
     np.testing.assert_array_equal(ref.initial_mask, np.asarray(data.otsu_mask(img[None]), bool))
     assert ref.initial_mask[10:18, 10:18].all() and not ref.initial_mask[25:, 25:].any()
+
+
+def test_pinned_edits_survive_every_later_step(standin):
+    """With pin_edits a painted pixel keeps its value although the model disagrees; without it
+    the model overwrites the correction (the stand-in erases anything outside x > 0.2)."""
+    img, seed = line_image()
+    for pin in (True, False):
+        ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu", pin_edits=pin)
+        ref.step()
+        painted = ref.current_mask
+        painted[0, 12] = True  # added where the image is dark: the model would erase it
+        painted[4, 1] = False  # the seed pixel erased: the model would grow it back
+        ref.set_mask(painted)
+        np.testing.assert_array_equal(ref.edit_mask, (np.arange(H * W).reshape(H, W) == 12)
+                                      | (np.arange(H * W).reshape(H, W) == 4 * W + 1))
+        hist = ref.run(3, tol=None)[1:]
+        for r in hist:
+            assert r.mask[0, 12] == pin and r.mask[4, 1] == (not pin)
+            assert r.edit is not None and r.edit.sum() == 2
+        # step 1 after the edit: the model wanted (0,12) off and (4,1) on, so both were pinned
+        assert hist[-3].pinned == (2 if pin else 0)
+        # outside the edit the line grows by one pixel per step: (4,3) -> (4,4) -> ...
+        assert [r.changed_outside_edit for r in hist[-3:]] == [1, 1, 1]
+        assert hist[-3].row()["edit_pixels"] == 2
+
+
+def test_edits_accumulate_and_reset_clears_them(standin):
+    img, seed = line_image()
+    ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu", pin_edits=True)
+    m = ref.current_mask
+    m[0, 0] = True
+    ref.set_mask(m)
+    m = ref.current_mask
+    m[0, 1] = True
+    ref.set_mask(m)
+    assert ref.edit_mask.sum() == 2 and ref.painted_values[0, :2].all()
+    assert ref.step().changed_outside_edit == 1  # dilate(seed) & line adds (4,2)
+    ref.reset()
+    assert not ref.edit_mask.any() and ref.step().edit is None

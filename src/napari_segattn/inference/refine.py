@@ -10,6 +10,12 @@ Indexing follows the released ``test.py``, whose CSV row ``k`` holds the metrics
   records the prediction made from it. ``history[0]`` is therefore released row 0.
 
 The feedback is binarised at 0.5 (``p > 0.5``), never the soft map, as released.
+
+User corrections (not in the paper): :meth:`set_mask` records which pixels the user changed
+(the *edit*). With ``pin_edits=True`` those pixels keep their painted value in every later
+iteration (the model's output is overridden there, and so is the mask fed back), so a
+correction is never silently overwritten; each result reports how many pixels changed outside
+the edit, i.e. how far the model propagated it.
 """
 
 from __future__ import annotations
@@ -42,11 +48,21 @@ class IterationResult:
     metrics: dict | None = None
     edited: bool = False  # input_mask came from set_mask (a user's correction)
     seconds: float = 0.0
+    edit: np.ndarray | None = None  # bool: pixels the user painted so far (None: no edit yet)
+    pinned: int = 0  # pixels where the model disagreed with the painting and the paint was kept
+    changed_outside_edit: int | None = None  # pixels outside ``edit`` where mask != input_mask
+
+    @property
+    def changed_pixels(self) -> int:
+        return int(np.count_nonzero(self.mask != self.input_mask))
 
     def row(self) -> dict:
         """A flat table row (iteration, changed_fraction, metrics...)."""
         out = {"iteration": self.index, "changed_fraction": self.changed_fraction, "edited": self.edited,
                "seconds": self.seconds}
+        if self.edit is not None:
+            out.update(edit_pixels=int(self.edit.sum()), pinned=self.pinned,
+                       changed_outside_edit=self.changed_outside_edit)
         out.update(self.metrics or {})
         return out
 
@@ -75,8 +91,10 @@ class FANetRefiner:
         threshold: float = 0.5,
         spacing: tuple[float, ...] | None = None,
         metrics_per_slice: bool = False,
+        pin_edits: bool = False,
     ) -> None:
         self.model = model
+        self.pin_edits = pin_edits
         self.traits = model_traits(model)
         if not self.traits.takes_mask:
             raise InputError(f"model {self.traits.name!r} takes no feedback mask; the refiner is for FANet-style models")
@@ -112,6 +130,22 @@ class FANetRefiner:
         self.history: list[IterationResult] = []
         self._next_mask = self.initial_mask.copy()
         self._edited = False
+        self.clear_edits()
+
+    def clear_edits(self) -> None:
+        """Forget which pixels the user painted (they are no longer pinned)."""
+        self._edit = np.zeros(self.layout.spatial_shape, bool)
+        self._painted = np.zeros(self.layout.spatial_shape, bool)
+
+    @property
+    def edit_mask(self) -> np.ndarray:
+        """bool: every pixel a :meth:`set_mask` call changed since the last reset."""
+        return self._edit.copy()
+
+    @property
+    def painted_values(self) -> np.ndarray:
+        """bool: the painted value of each pixel in :attr:`edit_mask` (False elsewhere)."""
+        return self._painted & self._edit
 
     @property
     def current_mask(self) -> np.ndarray:
@@ -119,11 +153,18 @@ class FANetRefiner:
         return self._next_mask.copy()
 
     def set_mask(self, mask: np.ndarray) -> None:
-        """Replace the feedback for the next step (a painted correction: human in the loop)."""
+        """Replace the feedback for the next step (a painted correction: human in the loop).
+
+        The pixels where ``mask`` differs from :attr:`current_mask` join the edit; a pixel
+        painted twice keeps its latest value."""
         mask = np.asarray(mask)
         if mask.shape != self.layout.spatial_shape:
             raise InputError(f"mask has shape {mask.shape}; expected {self.layout.spatial_shape}")
-        self._next_mask = mask > 0 if mask.dtype != bool else mask.copy()
+        new = mask > 0 if mask.dtype != bool else mask.copy()
+        changed = new != self._next_mask
+        self._edit |= changed
+        self._painted[changed] = new[changed]
+        self._next_mask = new
         self._edited = True
 
     # -- iteration ---------------------------------------------------------------------------
@@ -157,6 +198,11 @@ class FANetRefiner:
                 probs[done - out.shape[0]:done] = out[:, 0]
         p = self.layout.spatial_from_stack(probs)
         mask = binarize(p, self.threshold)
+        has_edit = bool(self._edit.any())
+        pinned = 0
+        if self.pin_edits and has_edit:
+            pinned = int(np.count_nonzero(mask[self._edit] != self._painted[self._edit]))
+            mask = np.where(self._edit, self._painted, mask)
         res = IterationResult(
             index=len(self.history),
             input_mask=fed,
@@ -166,6 +212,9 @@ class FANetRefiner:
             metrics=self._metrics(mask),
             edited=self._edited,
             seconds=time.perf_counter() - t0,
+            edit=self._edit.copy() if has_edit else None,
+            pinned=pinned,
+            changed_outside_edit=int(np.count_nonzero((mask != fed) & ~self._edit)) if has_edit else None,
         )
         self.history.append(res)
         self._next_mask = mask
