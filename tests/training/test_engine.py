@@ -303,3 +303,43 @@ def test_cpu_channels_last_only_for_fanet():
     tiny = Trainer(build_model("_tiny"), toy_dataset(2), None, dataclasses.replace(FAST, epochs=1), device="cpu")
     tiny.fit()
     assert not tiny.channels_last
+
+
+def test_two_trainers_on_one_data_set_both_start_from_otsu():
+    """A Trainer leaves the caller's data set as it found it: a second run on the same objects
+    is fed the Otsu masks, not the first run's final predictions (the fanet-ablation leak)."""
+    from napari_segattn.data import otsu_mask
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, mask):
+            seen.append(mask.detach().clone())
+            return self.net(x, mask)
+
+    train, val = toy_dataset(4), toy_dataset(2, seed=5)
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=3, batch_size=4, lr=0.05, augment="none",
+                              mask_update="every_epoch")
+    first_masks = []
+    for run in range(2):
+        seen.clear()
+        torch.manual_seed(run)
+        net = build_model("_tiny_fb")
+        spy = Spy(net)
+        spy.segattn_config, spy.out_channels = net.segattn_config, 1
+        tr = Trainer(spy, train, val, cfg, device="cpu")
+        tr.fit()
+        assert train.feedback is None and val.feedback is None
+        tr.sampler.set_epoch(0)
+        order = list(tr.sampler)
+        # the first training batch of each run: the Otsu masks, and the run did change its masks
+        for k, i in enumerate(order):
+            np.testing.assert_array_equal(seen[0][k, 0].numpy(), otsu_mask(train.raw(i)[0]).astype(np.float32))
+        # the first validation batch too (val_batch_size 1: one call per val sample after epoch 0's steps)
+        np.testing.assert_array_equal(seen[1][0, 0].numpy(), otsu_mask(val.raw(0)[0]).astype(np.float32))
+        first_masks.append([tr.mask_store.get(i) for i in range(len(train))])
+        assert any(not np.array_equal(m, otsu_mask(train.raw(i)[0])) for i, m in enumerate(first_masks[-1]))

@@ -6,6 +6,8 @@ augmentation happen per access, so a data set costs little more memory than its 
 
 from __future__ import annotations
 
+import copy
+
 import re
 from pathlib import Path
 from typing import Callable, Sequence
@@ -222,6 +224,17 @@ class SegmentationDataset(Dataset):
         if method in ("empty", "full"):
             return [np.full(im.shape[-2:], method == "full") for im in self._images]
         raise DataError(f"unknown initial mask method {method!r}; use 'otsu', 'empty' or 'full'")
+
+    def with_feedback(self, feedback: Callable[[int], np.ndarray] | None) -> "SegmentationDataset":
+        """A view of this data set (same pixel memory) that reads feedback masks from ``feedback``.
+
+        The training loop attaches its mask store this way instead of rebinding ``feedback`` on
+        the caller's object: a second run on the same data set then starts from its own
+        initial masks, not from the first run's last predictions."""
+        view = copy.copy(self)
+        view.feedback = feedback
+        view._draws = list(self._draws)  # augmentation draws are per view
+        return view
 
     # ---- subsets ----------------------------------------------------------------------------
     def subset(self, indices: Sequence[int], augmenter: Augmenter | None | str = "same") -> "SegmentationDataset":

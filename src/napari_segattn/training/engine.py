@@ -188,9 +188,10 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
         else:
             self.ddp = self.model
+        self.train_data, self.val_data = self._attach_feedback()
         # One sampler for both cases: the permutation depends only on (seed, epoch).
         self.sampler = DistributedSampler(
-            self.train_ds, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=False
+            self.train_data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=False
         )
         bs = cfg.batch_size
         if cfg.drop_last and len(self.sampler) < bs:
@@ -199,32 +200,39 @@ class Trainer:
                 + (" on this rank" if self.distributed else "")
             )
         self.loader = DataLoader(
-            self.train_ds, batch_size=bs, sampler=self.sampler, drop_last=cfg.drop_last,
+            self.train_data, batch_size=bs, sampler=self.sampler, drop_last=cfg.drop_last,
             num_workers=cfg.num_workers, pin_memory=cuda,
         )
         self.val_loader = (
-            DataLoader(self.val_ds, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.num_workers)
-            if self.val_ds is not None
+            DataLoader(self.val_data, batch_size=cfg.val_batch_size, shuffle=False, num_workers=cfg.num_workers)
+            if self.val_data is not None
             else None
         )
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        if self.takes_mask:
-            if self.mask_store is None:
-                self.mask_store = MaskStore.initial(self.train_ds)
-            if self.val_ds is not None and self.val_mask_store is None:
-                self.val_mask_store = MaskStore.initial(self.val_ds)
-            # The data set reads the current masks from the store, so it can augment them with
-            # the sample when built with augment_feedback=True (released: not augmented, D4).
-            for ds, store in ((self.train_ds, self.mask_store), (self.val_ds, self.val_mask_store)):
-                if ds is not None and store is not None and hasattr(ds, "feedback"):
-                    ds.feedback = store.get
+
+    def _attach_feedback(self) -> tuple[Dataset, Dataset | None]:
+        """The data sets the loaders read: for a feedback model, views of the caller's data sets
+        that read this run's mask store (the caller's objects are never modified)."""
+        if not self.takes_mask:
+            return self.train_ds, self.val_ds
+        if self.mask_store is None:
+            self.mask_store = MaskStore.initial(self.train_ds)
+        if self.val_ds is not None and self.val_mask_store is None:
+            self.val_mask_store = MaskStore.initial(self.val_ds)
+        # The data set reads the current masks from the store, so it can augment them with the
+        # sample when built with augment_feedback=True (released: not augmented, D4). Data sets
+        # without ``with_feedback`` are fed from the store in ``_inputs``.
+        views = []
+        for ds, store in ((self.train_ds, self.mask_store), (self.val_ds, self.val_mask_store)):
+            views.append(ds.with_feedback(store.get) if ds is not None and hasattr(ds, "with_feedback") else ds)
+        return views[0], views[1]
 
     def _seed_epoch(self, epoch: int) -> None:
         s = (self.config.seed * 1_000_003 + epoch) % (2**32)
         torch.manual_seed(s)
         np.random.seed(s)
         random.seed(s)
-        for ds in (self.train_ds, self.val_ds):
+        for ds in (self.train_data, self.val_data):
             # SegmentationDataset draws augmentation from default_rng((seed, epoch, index, ...)).
             if ds is not None and hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
