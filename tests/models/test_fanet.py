@@ -153,3 +153,22 @@ def test_without_mixpool_mask_enters_only_through_output_conv():
     with torch.no_grad():
         diff = net(x, torch.ones(1, 1, 32, 32)) - net(x, torch.zeros(1, 1, 32, 32))
     torch.testing.assert_close(diff, net.output.weight[0, 16].expand_as(diff).clone(), rtol=0, atol=1e-5)
+
+
+def test_mask_input_adds_one_input_channel_to_the_first_block():
+    """mask_input=True: the mask is a 4th input channel of e1 (its 3x3 and 1x1 shortcut convs:
+    10 x width more weights) and changes the output even without MixPool."""
+    import torch
+
+    from napari_segattn.models import build_model
+
+    base = build_model("fanet", in_channels=3, out_channels=1, width=8, mixpool="none")
+    withm = build_model("fanet", in_channels=3, out_channels=1, width=8, mixpool="none", mask_input=True)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(withm) - count(base) == 10 * 8
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    withm.eval()
+    a = withm(x, torch.zeros(1, 1, 32, 32))
+    b = withm(x, torch.ones(1, 1, 32, 32))
+    assert a.shape == (1, 1, 32, 32) and not torch.allclose(a, b)

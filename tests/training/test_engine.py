@@ -343,3 +343,55 @@ def test_two_trainers_on_one_data_set_both_start_from_otsu():
         np.testing.assert_array_equal(seen[1][0, 0].numpy(), otsu_mask(val.raw(0)[0]).astype(np.float32))
         first_masks.append([tr.mask_store.get(i) for i in range(len(train))])
         assert any(not np.array_equal(m, otsu_mask(train.raw(i)[0])) for i, m in enumerate(first_masks[-1]))
+
+
+def test_correction_aware_training_feeds_a_painted_copy_of_its_own_prediction():
+    """feedback='corrections', correction_prob=1: each step first predicts from the stored mask
+    (no gradient), then trains on that prediction with its largest error painted from the labels."""
+    from napari_segattn.data import error_regions, otsu_mask
+
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, mask):
+            out = self.net(x, mask)
+            calls.append((mask.detach().clone(), out.detach().clone(), torch.is_grad_enabled()))
+            return out
+
+    torch.manual_seed(0)
+    net = build_model("_tiny_fb")
+    spy = Spy(net)
+    spy.segattn_config, spy.out_channels = net.segattn_config, 1
+    ds = toy_dataset(2)
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=1, batch_size=2, augment="none",
+                              feedback="corrections", correction_prob=1.0)
+    tr = Trainer(spy, ds, None, cfg, device="cpu")
+    tr.fit()
+    assert len(calls) == 2 and not calls[0][2] and calls[1][2]
+    (stored, own_logits, _), (fed, _, _) = calls
+    order = list(tr.sampler)
+    for k, i in enumerate(order):
+        np.testing.assert_array_equal(stored[k, 0].numpy(), otsu_mask(ds.raw(i)[0]).astype(np.float32))
+        own = torch.sigmoid(own_logits[k, 0]).numpy() > 0.5
+        truth = ds.label(i) > 0
+        largest = error_regions(own, truth, 1)
+        if largest:
+            np.testing.assert_array_equal(fed[k, 0].numpy()[largest[0]] > 0.5, truth[largest[0]])
+        # the store keeps the released feedback: the prediction from the stored mask
+        np.testing.assert_array_equal(tr.mask_store.get(i), own)
+
+
+def test_correction_prob_zero_is_the_released_run():
+    weights = []
+    for mode in ("released", "corrections"):
+        torch.manual_seed(0)
+        model = build_model("_tiny_fb")
+        cfg = dataclasses.replace(recipe_for("fanet"), epochs=2, batch_size=2, augment="none",
+                                  feedback=mode, correction_prob=0.0)
+        Trainer(model, toy_dataset(4), toy_dataset(2, seed=5), cfg, device="cpu").fit()
+        weights.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

@@ -166,6 +166,12 @@ class FANet(SegmentationModel):
     ``mask_grad``: ``"none"`` (released, fmask branch untrained) or ``"ste"``.
     ``width``: channels of the first encoder block (released 32; the others scale with it). Not in
     the paper; it lets a small demo model ship with the package (width 8: ~0.5M parameters).
+    ``mask_input``: also feed the mask as an extra input channel of the first block (ours, off
+    as released). Released, the mask enters only through MixPool's ``M OR M'`` after a
+    max-pool, so wherever the model's own M' is 1 the fed mask has no effect, plus one channel
+    before the output conv; interactive segmentation models (RITM, SAM, nnInteractive) give
+    the previous mask to the encoder from the first layer, which lets a user's correction
+    steer every feature. Used by correction-aware training (docs/models-feedback.md).
     """
 
     stride = 16
@@ -177,6 +183,7 @@ class FANet(SegmentationModel):
         mixpool: str = "all",
         mask_grad: str = "none",
         width: int = 32,
+        mask_input: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels)
         if width < 2 or width % 2:
@@ -186,8 +193,9 @@ class FANet(SegmentationModel):
         at = _mixpool_at(mixpool)
         self.mixpool_mode = mixpool
         self.mask_grad = mask_grad
+        self.mask_input = bool(mask_input)
         w = width
-        enc = [in_channels, w, 2 * w, 4 * w, 8 * w]
+        enc = [in_channels + int(self.mask_input), w, 2 * w, 4 * w, 8 * w]
         self.encoders = nn.ModuleList(
             _EncoderBlock(enc[i], enc[i + 1], at[i], mask_grad) for i in range(4)
         )
@@ -213,6 +221,8 @@ class FANet(SegmentationModel):
 
     def _forward(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
         (mask,) = extras
+        if self.mask_input:
+            x = torch.cat([x, mask], dim=1)
         skips = []
         for enc in self.encoders:
             x, skip = enc(x, mask)

@@ -287,6 +287,9 @@ class Trainer:
         bs = int(batch["image"].shape[0])
         try:
             x, extras, y = self._inputs(batch, self.mask_store)
+            own = None
+            if self.takes_mask and cfg.feedback == "corrections":
+                extras, own = self._simulated_corrections(x, extras, y, epoch, step)
             with self._autocast():
                 logits = self.ddp(x, *extras)
             loss = self.loss_fn(logits.float(), self._target(y))
@@ -314,10 +317,31 @@ class Trainer:
                 g["lr"] = lr0 * step / steps
         if self.takes_mask and self.mask_store is not None:
             with torch.no_grad():
-                pred = self._mask_from_logits(logits)
+                # the store keeps the released feedback: the prediction from the stored mask
+                pred = own if own is not None else self._mask_from_logits(logits)
             for i, m in zip(batch["index"].tolist(), pred):
                 self.mask_store.stage(i, m)
         return float(loss.detach())
+
+    @torch.no_grad()
+    def _simulated_corrections(self, x, extras, y, epoch: int, step: int):
+        """Correction-aware training: predict from the stored masks (no gradient), then replace
+        the feedback of each sample, with probability ``correction_prob``, by a simulated user
+        correction of that prediction against this view's labels. Returns the new feedback and
+        the no-grad prediction (staged in the mask store as the released loop would)."""
+        from ..data import simulate_correction
+
+        rng = np.random.default_rng([self.config.seed, epoch, step, self.rank, 104729])
+        chosen = rng.random(x.shape[0]) < self.config.correction_prob
+        if not chosen.any():
+            return extras, None
+        with self._autocast():
+            own = self._mask_from_logits(self.ddp(x, *extras))
+        truth = self._target(y).cpu().numpy() > 0
+        fed = extras[0].clone()
+        for b in np.flatnonzero(chosen):
+            fed[b, 0] = torch.from_numpy(simulate_correction(own[b], truth[b], rng).astype(np.float32))
+        return (fed, *extras[1:]), own
 
     def _mask_from_logits(self, logits: torch.Tensor) -> np.ndarray:
         # FANet stores σ(z) > 0.5 (train.py); for a multi-class feedback model, argmax > 0.

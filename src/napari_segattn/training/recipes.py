@@ -46,6 +46,12 @@ class TrainConfig:
     # FANet feedback masks: "on_improvement" (released: replaced only when val loss improves)
     # or "every_epoch".
     mask_update: str = "on_improvement"
+    # What a FANet is fed while training: "released" (its stored previous prediction) or
+    # "corrections" (ours: with probability correction_prob per sample, a simulated user
+    # correction of its current prediction, made in a no-grad pass on the same augmented view,
+    # as RITM trains with its own previous mask; data/corrections.py).
+    feedback: str = "released"
+    correction_prob: float = 0.5
     # model selection for model.safetensors: val_loss (min) or dice (max; FU-net: class 1)
     select_on: str = "val_loss"
     select_class: int | None = None
@@ -66,12 +72,15 @@ class TrainConfig:
             "scheduler": ("none", "multistep", "plateau"),
             "augment": ("none", "flip", "fanet"),
             "mask_update": ("on_improvement", "every_epoch"),
+            "feedback": ("released", "corrections"),
             "select_on": ("val_loss", "dice"),
             "amp": ("auto", "bf16", "fp16", "off"),
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; choose from {allowed}")
+        if not 0.0 <= self.correction_prob <= 1.0:
+            raise ValueError(f"TrainConfig.correction_prob={self.correction_prob!r}; choose a value in [0, 1]")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
 
