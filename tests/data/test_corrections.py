@@ -42,10 +42,23 @@ def test_simulated_correction_keeps_the_painted_region_exact():
     mask, truth = scene()
     for seed in range(20):
         rng = np.random.default_rng(seed)
-        out = simulate_correction(mask, truth, rng, max_regions=1, p_morph=1.0, p_drop=1.0)
+        out = simulate_correction(mask, truth, rng, max_regions=1, p_morph=1.0, p_drop=1.0, radius=None)
         # the largest error (8 px FN) is always painted from the truth, whatever the noise does
         assert out[3:5, 1:5].all()
     # with no noise, k regions painted and nothing else changed
-    out = simulate_correction(mask, truth, np.random.default_rng(0), max_regions=3, p_morph=0.0, p_drop=0.0)
+    out = simulate_correction(mask, truth, np.random.default_rng(0), max_regions=3, p_morph=0.0, p_drop=0.0, radius=None)
     changed = out != mask
     assert changed.sum() in (8, 12, 15) and np.array_equal(out[changed], truth[changed])
+
+
+def test_brush_paints_a_disc_around_the_most_interior_pixel():
+    truth = np.zeros((40, 40), bool)
+    truth[5:35, 5:35] = True  # one 30x30 missed square: its most interior pixel is near (19.5, 19.5)
+    out, region = paint_largest_errors(np.zeros_like(truth), truth, 1, radius=5)
+    yy, xx = np.nonzero(region)
+    assert 60 <= region.sum() <= 90  # ~ pi 5^2 = 78.5
+    assert abs(yy.mean() - 19.5) <= 1 and abs(xx.mean() - 19.5) <= 1
+    assert np.array_equal(out, region)
+    # a brush larger than the component paints the whole component
+    _, whole = paint_largest_errors(np.zeros_like(truth), truth, 1, radius=100)
+    assert np.array_equal(whole, truth)

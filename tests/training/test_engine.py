@@ -339,7 +339,7 @@ def test_two_trainers_on_one_data_set_both_start_from_otsu():
         # the first training batch of each run: the Otsu masks, and the run did change its masks
         for k, i in enumerate(order):
             np.testing.assert_array_equal(seen[0][k, 0].numpy(), otsu_mask(train.raw(i)[0]).astype(np.float32))
-        # the first validation batch too (val_batch_size 1: one call per val sample after epoch 0's steps)
+        # the first validation batch too (after epoch 0's one training step)
         np.testing.assert_array_equal(seen[1][0, 0].numpy(), otsu_mask(val.raw(0)[0]).astype(np.float32))
         first_masks.append([tr.mask_store.get(i) for i in range(len(train))])
         assert any(not np.array_equal(m, otsu_mask(train.raw(i)[0])) for i, m in enumerate(first_masks[-1]))

@@ -23,6 +23,7 @@ def test_fanet_and_brunet():
     f = recipe_for("fanet")
     assert (f.optimizer, f.lr, f.scheduler, f.plateau_patience, f.batch_size, f.epochs, f.loss, f.seed, f.mask_update) == (
         "adam", 1e-4, "plateau", 5, 2, 500, "bce_dice", 42, "on_improvement")
+    assert f.val_batch_size == 2 and f.feedback == "released"  # train.py validates at batch 2
     b = recipe_for("brunet")
     assert (b.optimizer, b.lr, b.grad_clip_norm, b.batch_size, b.loss, b.select_class) == ("adam", 1e-3, 5.0, 2, "feedback_ce", 1)
     assert b.loss_options == {"beta": 3.0, "op": 100.0, "detach_weight": False}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import CLIError
 
-NAMES = ("fanet-ablation", "mistakes", "attention-shift", "fu-net")
+NAMES = ("fanet-ablation", "mistakes", "attention-shift", "fu-net", "corrections")
 
 
 def add_parser(sub) -> None:

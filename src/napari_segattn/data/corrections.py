@@ -38,29 +38,48 @@ def error_regions(mask: np.ndarray, truth: np.ndarray, n: int | None = None) -> 
     return [labelled[kind] == k for _, kind, k in found[:n]]
 
 
-def paint_largest_errors(mask: np.ndarray, truth: np.ndarray, n: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """One simulated correction: ``truth`` pasted into the ``n`` largest error components.
+def _brush(region: np.ndarray, radius: int) -> np.ndarray:
+    """The part of ``region`` within ``radius`` of its most interior pixel (where RITM's simulated
+    user clicks: the maximum of the distance to the region's border)."""
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(region, 1))[(slice(1, -1),) * region.ndim]
+    centre = np.unravel_index(int(np.argmax(dist)), region.shape)
+    grid = np.ogrid[tuple(slice(0, n) for n in region.shape)]
+    near = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius ** 2
+    return region & near
+
+
+def paint_largest_errors(mask: np.ndarray, truth: np.ndarray, n: int = 1,
+                         radius: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One simulated correction: ``truth`` pasted into the ``n`` largest error components, each
+    limited to a brush of ``radius`` pixels around its most interior point (``None``: the
+    whole component; on EM the membrane network is one component, so a brush is what a
+    person would paint).
 
     Returns ``(corrected mask, painted region)``; the region is empty when there is no error."""
     mask, truth = np.asarray(mask, bool), np.asarray(truth, bool)
     region = np.zeros(mask.shape, bool)
     for r in error_regions(mask, truth, max(int(n), 0)):
-        region |= r
+        region |= r if radius is None else _brush(r, int(radius))
     out = mask.copy()
     out[region] = truth[region]
     return out, region
 
 
 def simulate_correction(pred: np.ndarray, truth: np.ndarray, rng: np.random.Generator, *,
-                        max_regions: int = 3, p_morph: float = 0.5, p_drop: float = 0.3) -> np.ndarray:
+                        max_regions: int = 3, p_morph: float = 0.5, p_drop: float = 0.3,
+                        radius: tuple[int, int] | None = (8, 48)) -> np.ndarray:
     """A plausible corrected mask for training: the model's ``pred`` with 1..``max_regions`` of
-    its largest errors painted from ``truth``, then, outside the painted pixels, a one-pixel
-    erosion or dilation (probability ``p_morph``) and one dropped object (``p_drop``)."""
+    its largest errors painted from ``truth`` (with a brush of a radius drawn from ``radius``,
+    or whole components when None), then, outside the painted pixels, a one-pixel erosion or
+    dilation (probability ``p_morph``) and one dropped object (``p_drop``)."""
     from scipy import ndimage
     from skimage.measure import label
 
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
-    out, region = paint_largest_errors(pred, truth, int(rng.integers(1, max_regions + 1)))
+    brush = None if radius is None else int(rng.integers(radius[0], radius[1] + 1))
+    out, region = paint_largest_errors(pred, truth, int(rng.integers(1, max_regions + 1)), brush)
     free = ~region
     if rng.random() < p_morph:
         op = ndimage.binary_erosion if rng.random() < 0.5 else ndimage.binary_dilation

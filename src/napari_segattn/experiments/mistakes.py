@@ -1,6 +1,6 @@
 """Paying Attention to Mistakes (FPA/RFNA) on a thin-foreground task: ISBI 2012 EM membranes.
 
-The paper's claim (Table 5, BRATS2018 whole tumour): the attention baselines miss about 58 %
+The paper's claim (Table 5, BRATS2018 enhancing tumour): the attention baselines miss about 58 %
 of the foreground (FN rate), FPA 49 %, RFNA 50 %, at FP rates below 1e-2 %. BRATS is not in
 the shared data, so we test the same mechanism on membranes (foreground = mask == 0, about
 22 % of pixels, 1-2 px wide after downsampling), comparing unet / aunet / fpa / rfna trained
@@ -20,7 +20,7 @@ from . import common
 
 NAME = "mistakes"
 MODELS = ("unet", "aunet", "fpa", "rfna")
-# Table 5 (BRATS2018 whole tumour; the paper prints IoU and FN rate in %, here as fractions
+# Table 5 (BRATS2018 enhancing tumour; the paper prints IoU and FN rate in %, here as fractions
 # like ours; HD95 in mm = px on BRATS' 1 mm grid).
 PAPER = {"aunet": {"iou": 0.6648, "hd95": 15.51, "fn_rate": 0.5842},
          "rfna": {"iou": 0.7115, "hd95": 21.76, "fn_rate": 0.5015},

@@ -131,6 +131,9 @@ RECIPES: dict[str, TrainConfig] = {
         recipe="fanet",
         epochs=500,
         batch_size=2,
+        # train.py validates at batch 2 too; its loss (Dice over the flattened batch) drives the
+        # mask commits, the plateau scheduler and the checkpoint choice
+        val_batch_size=2,
         optimizer="adam",
         lr=1e-4,
         scheduler="plateau",

@@ -1,0 +1,210 @@
+"""Simulated-user correction benchmark (issue 12; the protocol of RITM, nnInteractive, micro-sam).
+
+Each round a simulated user paints the ground truth into the largest error component of the
+current mask, with a brush of radius 20 px around its most interior point (where RITM's user
+clicks; ``data.paint_largest_errors``); then, for a model, one FANet step runs from the
+painted mask with the painted pixels pinned (``FANetRefiner(pin_edits=True)``). Compared, on
+held-out images of two data sets:
+
+* ``paint only``: no model; the paint accumulates on the released model's first prediction;
+* ``released``: FANet trained as released (fed its own stored predictions);
+* ``correction-aware``: FANet with ``mask_input=True`` trained with ``feedback="corrections"``.
+
+Per round k = 0..10: Dice; the *gain outside the paint* (Dice after the model's step minus
+Dice of the painted mask it was fed: what the model added beyond the user's own pixels);
+NoC@90 / NoC@95 (corrections until Dice >= 0.90 / 0.95; 11 = not reached in 10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ..data import Normalization, paint_largest_errors
+from . import common
+
+NAME = "corrections"
+VARIANTS = {
+    "released": ({"mixpool": "all"}, {"feedback": "released"}),
+    "correction-aware": ({"mixpool": "all", "mask_input": True}, {"feedback": "corrections", "correction_prob": 0.5}),
+}
+METHODS = ("paint only", *VARIANTS)
+# EM: full resolution, trained on 256x256 tiles, tested on the 3 held-out 512x512 slices.
+# DSB: the one 512x512 image in a 4x4 grid of 128x128 tiles, 10 train / 2 val / 4 held-out test.
+SCALE = {
+    "smoke": dict(width=4, rounds=2, epochs=1, em_train=1, em_tile=256, em_test_crop=128, dsb_epochs=1,
+                  brush=20, datasets=("em", "dsb")),
+    "reduced": dict(width=16, rounds=10, epochs=8, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=60,
+                    brush=20, datasets=("em", "dsb")),
+    "full": dict(width=32, rounds=20, epochs=200, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=500,
+                 brush=20, datasets=("em", "dsb")),
+}
+TABLES = {"per_round.csv": ("dataset", "method", "round"), "table.csv": ("dataset", "method")}
+TARGETS = (0.90, 0.95)
+
+
+def _em(root: Path, p: dict):
+    from ..data import tile_pairs
+
+    images, labels, names = common.em_arrays(root, 1, None, foreground="interior")
+    split = common.em_split(len(images))
+    train_idx = split["train"][: p["em_train"]] if p["em_train"] else split["train"]
+
+    def tiles(idx):
+        out_i, out_l = [], []
+        for i in idx:
+            ti, tl = tile_pairs(images[i], labels[i], p["em_tile"])
+            out_i += ti
+            out_l += tl
+        return out_i, out_l
+
+    crop = p["em_test_crop"]
+    test = [(names[i], common.center_crop(images[i], crop), common.center_crop(labels[i], crop)) for i in split["test"]]
+    return tiles(train_idx), tiles(split["val"]), test, p["epochs"]
+
+
+def _dsb(root: Path, p: dict):
+    from ..data import dsb2018_nuclei, tile_pairs
+
+    ds = dsb2018_nuclei(root)
+    ti, tl = tile_pairs(ds.raw(0).astype(np.float32), ds.label(0), 128)
+    # a fixed interleaved split of the 16 tiles (row-major 4x4 grid): test tiles 5, 7, 8, 14
+    test_idx, val_idx = [5, 7, 8, 14], [2, 11]
+    train_idx = [k for k in range(len(ti)) if k not in test_idx + val_idx]
+    pick = lambda idx: ([ti[k] for k in idx], [tl[k] for k in idx])  # noqa: E731
+    test = [(f"dsb tile {k}", ti[k], tl[k]) for k in test_idx]
+    return pick(train_idx), pick(val_idx), test, p["dsb_epochs"]
+
+
+def correction_rounds(model, image: np.ndarray, truth: np.ndarray, rounds: int, *, brush: int | None = 20,
+                      start: np.ndarray | None = None):
+    """One simulated user on one image: per round ``k`` the Dice, the pixels painted so far and
+    the gain outside the paint. ``model=None``: paint only, starting from ``start``."""
+    from ..inference import FANetRefiner
+    from ..metrics import binary_metrics
+
+    truth = np.asarray(truth, bool)
+    dice = lambda m: float(binary_metrics(m, truth)["dice"])  # noqa: E731
+    if model is None:
+        mask = np.asarray(start, bool)
+        refiner = None
+    else:
+        refiner = FANetRefiner(model, image, channel_axis=0, device="auto", pin_edits=True)
+        mask = refiner.step().mask
+    rows = [{"round": 0, "dice": dice(mask), "painted": 0, "gain_outside": 0.0}]
+    painted_total = np.zeros(truth.shape, bool)
+    for k in range(1, rounds + 1):
+        fed, region = paint_largest_errors(mask, truth, 1, brush)
+        painted_total |= region
+        if refiner is None:
+            mask = fed
+        else:
+            refiner.set_mask(fed)
+            mask = refiner.step().mask
+        rows.append({"round": k, "dice": dice(mask), "painted": int(painted_total.sum()),
+                     "gain_outside": dice(mask) - dice(fed)})
+    return rows
+
+
+def _noc(dices: list[float], target: float) -> int:
+    return next((k for k, d in enumerate(dices) if d >= target), len(dices))
+
+
+def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", seed: int | None = None,
+        epochs: int | None = None, log=print) -> dict:
+    from ..training import build_augmenter, recipe_for
+
+    p = common.scale_params(SCALE, scale, None)  # --epochs overrides both data sets' counts below
+    seed = 0 if seed is None else int(seed)
+    out = Path(out)
+    norm = Normalization("zscore", per="image")
+    per_round, per_image, table = [], [], []
+    seconds, best_epoch = {}, {}
+    loaders = {"em": ("isbi2012_em", _em), "dsb": ("dsb2018_nuclei", _dsb)}
+    for dname in p["datasets"]:
+        folder, load = loaders[dname]
+        (tr_i, tr_l), (va_i, va_l), test, n_epochs = load(common.data_root(data, folder), p)
+        n_epochs = epochs or n_epochs
+        base = dataclasses.replace(recipe_for("fanet"), epochs=n_epochs, seed=seed, batch_size=4, lr=1e-3,
+                                   val_batch_size=2)
+        train_ds = common.make_dataset(tr_i, tr_l, range(len(tr_i)), [f"t{k}" for k in range(len(tr_i))], norm,
+                                       augmenter=build_augmenter(base), seed=seed)
+        val_ds = common.make_dataset(va_i, va_l, range(len(va_i)), [f"v{k}" for k in range(len(va_i))], norm)
+        log(f"{NAME}/{dname}: {len(train_ds)} train / {len(val_ds)} val tiles, {len(test)} held-out test images "
+            f"{test[0][1].shape[-2:]}, width {p['width']}, {n_epochs} epochs, seed {seed}")
+        models = {}
+        for variant, (model_kw, cfg_kw) in VARIANTS.items():
+            res = common.train("fanet", {"in_channels": 1, "out_channels": 1, "width": p["width"], **model_kw},
+                               train_ds, val_ds, dataclasses.replace(base, **cfg_kw), log)
+            models[variant] = res.model
+            seconds[f"{dname}/{variant}"] = res.seconds
+            best_epoch[f"{dname}/{variant}"] = res.best_epoch
+        curves: dict[str, list[list[dict]]] = {m: [] for m in METHODS}
+        for name, image, truth in test:
+            released = correction_rounds(models["released"], image, truth, p["rounds"], brush=p["brush"])
+            for method in METHODS:
+                if method == "released":
+                    rows = released
+                elif method == "paint only":
+                    from ..inference import FANetRefiner
+
+                    start = FANetRefiner(models["released"], image, channel_axis=0, device="auto").step().mask
+                    rows = correction_rounds(None, image, truth, p["rounds"], brush=p["brush"], start=start)
+                else:
+                    rows = correction_rounds(models[method], image, truth, p["rounds"], brush=p["brush"])
+                curves[method].append(rows)
+                for r in rows:
+                    per_image.append({"dataset": dname, "method": method, "image": name, **r})
+        for method, runs in curves.items():
+            for k in range(p["rounds"] + 1):
+                per_round.append({"dataset": dname, "method": method, "round": k,
+                                  "dice": float(np.mean([r[k]["dice"] for r in runs])),
+                                  "gain_outside": float(np.mean([r[k]["gain_outside"] for r in runs]))})
+            dices = [[r["dice"] for r in rows] for rows in runs]
+            total = float(np.mean([d[-1] - d[0] for d in dices]))
+            outside = float(np.mean([sum(r["gain_outside"] for r in rows[1:]) for rows in runs]))
+            table.append({"dataset": dname, "method": method, "dice_0": float(np.mean([d[0] for d in dices])),
+                          f"dice_{p['rounds']}": float(np.mean([d[-1] for d in dices])),
+                          "gain": total, "gain_outside_paint": outside,
+                          "share_outside": outside / total if total else float("nan"),
+                          **{f"noc{int(t * 100)}": float(np.mean([_noc(d, t) for d in dices])) for t in TARGETS}})
+    common.write_csv(out / "per_round.csv", per_round)
+    common.write_csv(out / "per_image.csv", per_image)
+    common.write_csv(out / "table.csv", table)
+    rounds = list(range(p["rounds"] + 1))
+    for dname in p["datasets"]:
+        common.plot(out / f"dice_vs_corrections_{dname}.png", "line",
+                    {m: [r["dice"] for r in per_round if r["dataset"] == dname and r["method"] == m] for m in METHODS},
+                    rounds, title=f"Simulated user on {dname}: Dice after k corrections", xlabel="corrections k",
+                    ylabel="Dice")
+    result = {"study": NAME, "scale": scale, "seed": seed, "epochs": epochs or p["epochs"],
+              "dsb_epochs": epochs or p["dsb_epochs"], "width": p["width"], "rounds": p["rounds"], "brush": p["brush"],
+              "train_seconds": seconds, "best_epoch": best_epoch, "table": table, "per_round": per_round}
+    common.write_json(out / "results.json", result)
+    return result
+
+
+def claims(result: dict) -> list[dict]:
+    """Signed differences, > 0 where the issue's target holds."""
+    rows = {(r["dataset"], r["method"]): r for r in result["table"]}
+    out = []
+    for dname in sorted({d for d, _ in rows}):
+        ca, rel, paint = rows[(dname, "correction-aware")], rows[(dname, "released")], rows[(dname, "paint only")]
+        out += [
+            {"claim": f"{dname}: NoC@90 paint only - correction-aware", "statement":
+             "the correction-aware FANet needs fewer corrections than painting alone", "value":
+             paint["noc90"] - ca["noc90"], "paper": None},
+            {"claim": f"{dname}: NoC@90 released - correction-aware", "statement":
+             "... and fewer than the released FANet feedback", "value": rel["noc90"] - ca["noc90"], "paper": None},
+            {"claim": f"{dname}: NoC@95 paint only - correction-aware", "statement": "the same at Dice 0.95",
+             "value": paint["noc95"] - ca["noc95"], "paper": None},
+            {"claim": f"{dname}: correction-aware gain outside the paint", "statement":
+             "the correction-aware FANet improves pixels the user did not paint", "value":
+             ca["gain_outside_paint"], "paper": None},
+            {"claim": f"{dname}: released gain outside the paint", "statement":
+             "(reference) the released FANet improves pixels the user did not paint", "value":
+             rel["gain_outside_paint"], "paper": None},
+        ]
+    return out
