@@ -385,13 +385,28 @@ def test_correction_aware_training_feeds_a_painted_copy_of_its_own_prediction():
         np.testing.assert_array_equal(tr.mask_store.get(i), own)
 
 
-def test_correction_prob_zero_is_the_released_run():
-    weights = []
-    for mode in ("released", "corrections"):
-        torch.manual_seed(0)
-        model = build_model("_tiny_fb")
-        cfg = dataclasses.replace(recipe_for("fanet"), epochs=2, batch_size=2, augment="none",
-                                  feedback=mode, correction_prob=0.0)
-        Trainer(model, toy_dataset(4), toy_dataset(2, seed=5), cfg, device="cpu").fit()
-        weights.append([p.detach().clone() for p in model.parameters()])
-    assert all(torch.equal(a, b) for a, b in zip(*weights))
+def test_corrections_mode_feeds_the_aligned_own_prediction():
+    """correction_prob=0: every step feeds the no-grad prediction made on the same view, not the
+    stored mask (which comes from an earlier epoch's view)."""
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, mask):
+            out = self.net(x, mask)
+            calls.append((mask.detach().clone(), out.detach().clone()))
+            return out
+
+    torch.manual_seed(0)
+    net = build_model("_tiny_fb_nodrop")
+    spy = Spy(net)
+    spy.segattn_config, spy.out_channels = net.segattn_config, 1
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=2, batch_size=2, augment="flip",
+                              feedback="corrections", correction_prob=0.0)
+    Trainer(spy, toy_dataset(2), None, cfg, device="cpu").fit()
+    assert len(calls) == 4  # two passes per step
+    for (_, first_out), (fed, _) in (calls[0:2], calls[2:4]):
+        np.testing.assert_array_equal(fed.numpy(), (torch.sigmoid(first_out) > 0.5).float().numpy())

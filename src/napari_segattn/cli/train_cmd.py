@@ -42,6 +42,13 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--overwrite", action="store_true", help="train into a non-empty OUT, replacing its run")
     p.add_argument("--seed", type=int)
+    fb = p.add_argument_group("FANet feedback (correction-aware training, not in the paper)")
+    fb.add_argument("--feedback", choices=["released", "corrections"],
+                    help="what FANet is fed while training: its stored previous prediction (released, the "
+                         "default) or, with probability --correction-prob, a simulated user correction of its "
+                         "current prediction; pair with --model-options '{\"mask_input\": true}'")
+    fb.add_argument("--correction-prob", type=float, metavar="P",
+                    help="share of samples fed a simulated correction with --feedback corrections (default 0.5)")
     p.set_defaults(func=run)
 
 
@@ -95,6 +102,7 @@ def _config(args):
     overrides = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "loss": args.loss,
         "tv_alpha": args.tv_alpha, "seed": args.seed, "augment": args.augment,
+        "feedback": args.feedback, "correction_prob": args.correction_prob,
     }
     cfg = recipe_for(args.model)
     try:

@@ -325,20 +325,20 @@ class Trainer:
 
     @torch.no_grad()
     def _simulated_corrections(self, x, extras, y, epoch: int, step: int):
-        """Correction-aware training: predict from the stored masks (no gradient), then replace
-        the feedback of each sample, with probability ``correction_prob``, by a simulated user
-        correction of that prediction against this view's labels. Returns the new feedback and
-        the no-grad prediction (staged in the mask store as the released loop would)."""
+        """Correction-aware training (RITM's iterative training, with painted corrections):
+        predict from the stored mask without gradient, then feed that prediction, made on this
+        very augmented view, so the fed mask is aligned with image and labels (the stored one is
+        not: it comes from another epoch's view, D4); for each sample with probability
+        ``correction_prob`` a simulated user correction of it. Returns the new feedback and the
+        no-grad prediction (staged in the mask store as the released loop would)."""
         from ..data import simulate_correction
 
         rng = np.random.default_rng([self.config.seed, epoch, step, self.rank, 104729])
         chosen = rng.random(x.shape[0]) < self.config.correction_prob
-        if not chosen.any():
-            return extras, None
         with self._autocast():
             own = self._mask_from_logits(self.ddp(x, *extras))
         truth = self._target(y).cpu().numpy() > 0
-        fed = extras[0].clone()
+        fed = torch.from_numpy(own[:, None].astype(np.float32)).to(extras[0].device)
         for b in np.flatnonzero(chosen):
             fed[b, 0] = torch.from_numpy(simulate_correction(own[b], truth[b], rng).astype(np.float32))
         return (fed, *extras[1:]), own

@@ -46,10 +46,11 @@ class TrainConfig:
     # FANet feedback masks: "on_improvement" (released: replaced only when val loss improves)
     # or "every_epoch".
     mask_update: str = "on_improvement"
-    # What a FANet is fed while training: "released" (its stored previous prediction) or
-    # "corrections" (ours: with probability correction_prob per sample, a simulated user
-    # correction of its current prediction, made in a no-grad pass on the same augmented view,
-    # as RITM trains with its own previous mask; data/corrections.py).
+    # What a FANet is fed while training: "released" (its stored previous prediction, made on
+    # another epoch's augmented view) or "corrections" (ours: its current prediction from a
+    # no-grad pass on the same view, as RITM trains with its own previous mask, and with
+    # probability correction_prob per sample a simulated user correction of it;
+    # data/corrections.py).
     feedback: str = "released"
     correction_prob: float = 0.5
     # model selection for model.safetensors: val_loss (min) or dice (max; FU-net: class 1)
