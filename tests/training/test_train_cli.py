@@ -74,7 +74,7 @@ def test_train_writes_a_loadable_model(tmp_path, capsys):
         (["--model", "_tiny", "--images", "{tmp}"], "--images and --masks go together"),
         (["--model", "_tiny"], "no data"),
         (["--model", "_tiny", "--volume", "a.nii"], "--volume needs --labels"),
-        (["--model", "_tiny", "--images", "{tmp}", "--masks", "{tmp}", "--batch-size", "0"], "batch_size must be >= 1"),
+        (["--model", "_tiny", "--images", "{tmp}", "--masks", "{tmp}", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, args, message):

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..tables import write_csv
 from . import CLIError
+from .argtypes import POSITIVE_INT
 from .predict_cmd import add_common, load_cli_model, read_cli_image, refuse_existing, user_errors
 
 
@@ -25,9 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--masks", required=True, help="folder of ground-truth masks with the same file names")
     p.add_argument("--mask-suffix", default="", help="masks are named <image name><suffix>, e.g. _mask")
     p.add_argument("--binarize", action="store_true", help="ground truth > 0 is foreground (e.g. {0,255} or instance labels)")
-    p.add_argument("--iterations", type=int, default=10, help="FANet: feedback iterations (default 10)")
+    p.add_argument("--iterations", type=POSITIVE_INT, default=10, help="FANet: feedback iterations (default 10)")
     p.add_argument("--out", default=None, help="write the per-image table as CSV")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--overwrite", action="store_true")
     add_common(p)
     p.set_defaults(func=run)

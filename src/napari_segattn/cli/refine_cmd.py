@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import CLIError
+from .argtypes import POSITIVE_INT, float_range
 from ..tables import write_csv
 from .evaluate_cmd import ground_truth
 from .predict_cmd import add_common, load_cli_model, read_cli_image, refuse_existing, user_errors
@@ -21,12 +22,12 @@ def add_parser(sub) -> None:
     p.add_argument("image")
     p.add_argument("--gt", default=None, help="ground-truth mask for per-iteration metrics")
     p.add_argument("--binarize", action="store_true", help="ground truth > 0 is foreground")
-    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--iterations", type=POSITIVE_INT, default=10)
     p.add_argument("--init", default="otsu", choices=["otsu", "empty", "full"], help="initial feedback mask")
-    p.add_argument("--tol", type=float, default=None,
+    p.add_argument("--tol", type=float_range(0.0, 1.0, low_open=False, high_open=False), default=None,
                    help="stop once the changed-pixel fraction is <= TOL (default: never, as released)")
     p.add_argument("--out", default=None, help="output folder (default: <image>_refine)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--overwrite", action="store_true")
     add_common(p)
     p.set_defaults(func=run)

@@ -13,6 +13,7 @@ import os
 import sys
 
 from . import CLIError
+from .argtypes import NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, float_range, int_range
 
 
 def add_parser(sub) -> None:
@@ -24,19 +25,19 @@ def add_parser(sub) -> None:
     src.add_argument("--mask-suffix", default="", help="masks are named <image name><suffix>, e.g. _mask")
     src.add_argument("--volume", nargs="+", metavar="F", help="image volume(s), one per modality")
     src.add_argument("--labels", help="label volume for --volume")
-    src.add_argument("--axis", type=int, default=0, help="slice axis of the volume (default 0)")
+    src.add_argument("--axis", type=int_range(0, 2), default=0, help="slice axis of the volume (default 0)")
     p.add_argument("--binarize", action="store_true", help="labels > 0 are foreground")
-    p.add_argument("--tile", type=int, default=0,
+    p.add_argument("--tile", type=NONNEGATIVE_INT, default=0,
                    help="cut 2D images into TILE x TILE training tiles (0 = whole images)")
     p.add_argument("--model-options", default="{}", metavar="JSON",
                    help='extra model options, e.g. \'{"width": 8}\' or \'{"dilation": 6}\'')
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=POSITIVE_INT)
+    p.add_argument("--batch-size", type=POSITIVE_INT)
+    p.add_argument("--lr", type=POSITIVE_FLOAT)
     p.add_argument("--loss", choices=["dice", "bce_dice", "ce", "ce_dice", "feedback_ce"])
     p.add_argument("--augment", choices=["none", "flip", "fanet"], help="augmentation (default: the recipe's)")
-    p.add_argument("--tv-alpha", type=float, help="TV-smoothing augmentation weight (smaller = smoother)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction (0 = no validation)")
+    p.add_argument("--tv-alpha", type=POSITIVE_FLOAT, help="TV-smoothing augmentation weight (smaller = smoother)")
+    p.add_argument("--val-fraction", type=float_range(0.0, 1.0, low_open=False), default=0.1, help="held-out fraction (0 = no validation)")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
