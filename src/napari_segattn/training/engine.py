@@ -37,6 +37,7 @@ from . import checkpoint as ckpt
 from .events import Cancelled, Checkpoint, EpochStart, Event, Finished, Step, Validation
 from .losses import build_loss
 from .mask_store import MaskStore
+from .health import DivergenceWatch
 from .recipes import TrainConfig, recipe_for
 
 __all__ = ["Trainer", "TrainingError"]
@@ -121,6 +122,7 @@ class Trainer:
         cfg = self.config
         self._setup()
         start_epoch = self._maybe_resume()
+        watch = DivergenceWatch(self.model, cfg.lr, f"try a smaller --lr / lr (this run: {cfg.lr:g})")
         steps = len(self.loader)
         total_steps = max(1, (cfg.epochs - start_epoch) * steps)
         done = 0
@@ -136,12 +138,14 @@ class Trainer:
                     return
                 lr = self._lr()
                 loss = self._train_step(batch, epoch, step, steps)
+                watch.step(loss, epoch, step)
                 done += 1
                 eta = (time.perf_counter() - t0) / done * (total_steps - done)
                 yield self._emit(Step(epoch, step, loss, lr, eta, steps))
             if self._cancel.is_set():
                 yield self._emit(Cancelled(epoch, steps, self.last_checkpoint))
                 return
+            watch.epoch_end(epoch)
             yield from self._end_epoch(epoch)
         yield self._emit(Finished(cfg.epochs, self.best_epoch, self.best_score, self.model_path))
 
