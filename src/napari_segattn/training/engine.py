@@ -30,6 +30,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ..data.errors import SegattnWarning
 from ..devices import resolve_device
 from ..inference.predict import use_channels_last
 from ..inference.traits import model_traits
@@ -122,6 +123,9 @@ class Trainer:
         cfg = self.config
         self._setup()
         start_epoch = self._maybe_resume()
+        if self.resume and start_epoch >= cfg.epochs:
+            warnings.warn(f"resume: the run in {self.out_dir} already finished its {cfg.epochs} epoch(s); nothing "
+                          f"left to train (pass a larger epochs / --epochs to continue it)", SegattnWarning, stacklevel=2)
         watch = DivergenceWatch(self.model, cfg.lr, f"try a smaller --lr / lr (this run: {cfg.lr:g})")
         steps = len(self.loader)
         total_steps = max(1, (cfg.epochs - start_epoch) * steps)
@@ -433,6 +437,8 @@ class Trainer:
             return 0
         d = ckpt.find_state_dir(self.out_dir)
         if d is None:
+            warnings.warn(f"resume: {self.out_dir} has no complete last/ checkpoint; training starts from scratch",
+                          SegattnWarning, stacklevel=3)
             return 0
         from safetensors.torch import load_file
 
