@@ -243,17 +243,51 @@ def test_dtype_and_nan_placement(files, dtype, cells, value):
         predict(files["unet_model"], img, device="cpu")
 
 
-def test_train_resume_without_last_says_so(files, tmp_path, capsys):
-    d = tmp_path / "tr"
+def _train_args(d: Path, *extra: str) -> list[str]:
     (d / "img").mkdir(parents=True)
     (d / "msk").mkdir()
     rng = np.random.default_rng(1)
     for i in range(3):
         iio.imwrite(d / "img" / f"s{i}.png", (rng.random((16, 16)) * 255).astype(np.uint8))
         iio.imwrite(d / "msk" / f"s{i}.png", (rng.random((16, 16)) > 0.5).astype(np.uint8))
-    args = ["train", "--model", "unet", "--images", str(d / "img"), "--masks", str(d / "msk"), "--model-options",
+    return ["train", "--model", "unet", "--images", str(d / "img"), "--masks", str(d / "msk"), "--model-options",
             '{"width": 4}', "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--val-fraction", "0",
-            "--out", str(d / "run"), "--resume"]
+            "--out", str(d / "run"), *extra]
+
+
+def test_train_lr_explosion_warns(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(_train_args(tmp_path, "--lr", "1e6")) == 0
+    err = capsys.readouterr().err
+    assert "segattn train: warning: the weights grew" in err and "try a smaller --lr" in err
+
+
+def test_train_ordinary_lr_does_not_warn(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(_train_args(tmp_path, "--lr", "1e-3", "--epochs", "3")) == 0
+    assert "diverging" not in capsys.readouterr().err
+
+
+def test_train_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    assert main(_train_args(tmp_path)) == 2
+    err = re.split(r"[\r\n]", capsys.readouterr().err.strip())[-1]  # after the progress bar
+    assert err.startswith("segattn train: error: cannot write ")
+    assert "No space left on device (it needs about" in err and "MiB free on" in err
+    assert not list((tmp_path / "run").glob("*.tmp")) and not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_train_resume_without_last_says_so(tmp_path, capsys):
+    args = _train_args(tmp_path, "--resume")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         assert main(args) == 0
