@@ -286,6 +286,33 @@ def test_train_disk_full_is_one_line(tmp_path, capsys, monkeypatch):
     assert not list((tmp_path / "run").glob("*.tmp")) and not list((tmp_path / "run").glob(".*.tmp"))
 
 
+def test_train_disk_full_in_epoch_2_keeps_epoch_1(tmp_path, capsys, monkeypatch):
+    """The resume checkpoint of epoch 1 survives a full disk while writing epoch 2's, and says so."""
+    import errno
+
+    import safetensors.torch
+
+    from napari_segattn.training.checkpoint import find_state_dir
+
+    real, calls = safetensors.torch.save_file, []
+
+    def full_on_second_last(tensors, filename, *a, **k):
+        if "last.tmp" in str(filename):
+            calls.append(filename)
+            if len(calls) > 2:  # epoch 1 writes two files into last.tmp/, epoch 2 fails
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, filename, *a, **k)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_on_second_last)
+    assert main(_train_args(tmp_path, "--epochs", "2")) == 2
+    err = re.split(r"[\r\n]", capsys.readouterr().err.strip())[-1]
+    assert err.startswith("segattn train: error: cannot write the resume checkpoint ")
+    assert err.endswith(f"the previous {tmp_path / 'run' / 'last'} is intact"), err
+    state = find_state_dir(tmp_path / "run")
+    assert state is not None and json.loads((state / "training_state.json").read_text())["epoch"] == 0
+    assert not (tmp_path / "run" / "last.tmp").exists()
+
+
 def test_train_resume_without_last_says_so(tmp_path, capsys):
     args = _train_args(tmp_path, "--resume")
     with warnings.catch_warnings():
