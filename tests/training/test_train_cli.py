@@ -135,3 +135,43 @@ def test_torchrun_ddp_matches_a_single_process_run(tmp_path):
     assert stores[0].indices() == stores[1].indices() == list(range(8))  # both ranks' samples gathered
     for i in range(8):
         assert np.array_equal(stores[0].get(i), stores[1].get(i))
+
+
+def test_different_sizes_say_how_to_batch_them(tmp_path, capsys):
+    idir, mdir = _folders(tmp_path, n=4)
+    iio.imwrite(idir / "s01.png", np.zeros((30, 20), np.uint8))
+    iio.imwrite(mdir / "s01.png", np.zeros((30, 20), np.uint8))
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize", "--epochs", "1",
+            "--device", "cpu", "--val-fraction", "0"]
+    assert main(base + ["--batch-size", "2", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "2 different sizes (s00.png 24x24, s01.png 30x20)" in err and "--tile N or --crop N, or --batch-size 1" in err
+    assert "\n" not in err
+    assert main(base + ["--batch-size", "1", "--out", str(tmp_path / "b")]) == 0
+    assert main(base + ["--batch-size", "2", "--tile", "12", "--out", str(tmp_path / "c")]) == 0
+
+
+def test_tiles_are_validated_on_held_out_images(tmp_path, capsys):
+    """Validation tiles come from images no training tile comes from (split by image)."""
+    import json
+
+    idir, mdir = _folders(tmp_path, n=5)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize",
+                 "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--tile", "12", "--val-fraction", "0.4",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "validation: 8 tiles of 2 held-out image(s) of 5 (split by image)" in err
+    data = json.loads((out / "model.json").read_text())["training"]["data"]
+    assert data["train_samples"] == 12 and data["val_samples"] == 8
+    assert data["examples"][0].endswith(".png[tile 0]")  # file names, not array[1]
+
+
+def test_split_by_image_keeps_each_image_on_one_side(capsys):
+    from napari_segattn.cli.train_cmd import _split, _tiled
+    from training_toys import toy_dataset
+
+    tiles = _tiled(toy_dataset(n=6, size=24), 12, seed=0)
+    train, val = _split(tiles, 0.34, seed=0, tiled=True)
+    assert set(train.groups).isdisjoint(val.groups) and len(set(val.groups)) == 2
+    assert len(train) + len(val) == 24

@@ -67,15 +67,58 @@ def _dataset(args, seed: int):
 
 
 def _tiled(ds, tile: int, seed: int):
-    """The same samples cut into tiles (so one large image can give train and val samples)."""
+    """The same samples cut into tiles (so one large image can give train and val samples).
+
+    Each tile keeps its image's name (``a.png[tile 3]``, recorded in model.json) and its
+    image's group, so validation can hold out whole images (:func:`_split`)."""
     from ..data import SegmentationDataset, tile_pairs
 
-    images, labels = [], []
+    images, labels, names, groups, spacings = [], [], [], [], []
     for i in range(len(ds)):
         ims, labs = tile_pairs(ds.raw(i), ds.label(i), tile)
         images += ims
         labels += labs
-    return SegmentationDataset.from_arrays(images, labels, channel_axis=0, normalization=ds.normalization, seed=seed)
+        names += [f"{ds.names[i]}[tile {k}]" for k in range(len(ims))]
+        groups += [ds.groups[i]] * len(ims)
+        spacings += [ds.spacings[i]] * len(ims)
+    return SegmentationDataset(images, labels, names=names, normalization=ds.normalization, seed=seed,
+                               groups=groups, spacings=spacings, num_classes=ds.num_classes)
+
+
+def _split(ds, val_fraction: float, seed: int, tiled: bool):
+    """Train/validation split; tiles are held out by *image* (a random share of tiles put
+    validation tiles beside training tiles of the same image: optimistic scores, and the best
+    epoch chosen on leaked data). The log says which split was used."""
+    if len(ds) < 2:
+        raise CLIError(f"only {len(ds)} sample: cannot hold out a validation set (use --val-fraction 0)")
+    n_groups = len(set(ds.groups))
+    by_image = tiled and n_groups >= 2
+    train_ds, val_ds = ds.split(val_fraction, seed=seed, by_group=by_image)
+    if by_image:
+        n_val = len(set(val_ds.groups))
+        note = f"{len(val_ds)} tiles of {n_val} held-out image(s) of {n_groups} (split by image)"
+    elif tiled:
+        note = (f"{len(val_ds)} of {len(ds)} tiles of the one image: validation tiles sit beside training "
+                "tiles, so its scores are optimistic")
+    else:
+        note = f"{len(val_ds)} of {len(ds)} samples"
+    print(f"validation: {note}", file=sys.stderr)
+    return train_ds, val_ds
+
+
+def _check_sizes(ds, batch_size: int, tile: int, crop: int) -> None:
+    """Different image sizes can only be batched when cut to one size (raw torch 'stack expects
+    each tensor to be equal size' before)."""
+    if ds.shape is not None or tile or crop or batch_size == 1:
+        return
+    from ..data.errors import few
+
+    sizes: dict = {}
+    for i in range(len(ds)):
+        sizes.setdefault(tuple(ds.raw(i).shape[-2:]), ds.names[i])
+    listed = few([f"{n} {h}x{w}" for (h, w), n in sizes.items()], 3)
+    raise CLIError(f"the training images have {len(sizes)} different sizes ({listed}); a batch needs one size: "
+                   "pass --tile N or --crop N, or --batch-size 1")
 
 
 def _model_options(text: str) -> dict:
@@ -191,11 +234,10 @@ def run(args) -> int:
     ds = _dataset(args, cfg.seed)
     if args.tile > 0:
         ds = _tiled(ds, args.tile, cfg.seed)
+    _check_sizes(ds, cfg.batch_size, args.tile, 0)
     ds.augmenter = build_augmenter(cfg)
     if args.val_fraction > 0:
-        if len(ds) < 2:
-            raise CLIError(f"only {len(ds)} sample: cannot hold out a validation set (use --val-fraction 0)")
-        train_ds, val_ds = ds.split(args.val_fraction, seed=cfg.seed)
+        train_ds, val_ds = _split(ds, args.val_fraction, cfg.seed, tiled=args.tile > 0)
     else:
         train_ds, val_ds = ds, None
     out_channels = 1 if ds.num_classes <= 2 else ds.num_classes
