@@ -175,3 +175,44 @@ def test_split_by_image_keeps_each_image_on_one_side(capsys):
     train, val = _split(tiles, 0.34, seed=0, tiled=True)
     assert set(train.groups).isdisjoint(val.groups) and len(set(val.groups)) == 2
     assert len(train) + len(val) == 24
+
+
+def test_random_crop_is_fresh_each_epoch_and_reproducible():
+    from training_toys import toy_dataset
+
+    ds = toy_dataset(n=2, size=24)
+    ds.crop = 10
+
+    def window(epoch):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        assert item["image"].shape[-2:] == (10, 10) and item["label"].shape == (10, 10)
+        return item["image"].numpy()
+
+    e0, e1 = window(0), window(1)
+    assert not np.array_equal(e0, e1)  # a fresh window per epoch
+    np.testing.assert_array_equal(window(0), e0)  # the same for the same (seed, epoch)
+    full = ds.normalized(0)
+    hits = [(y, x) for y in range(15) for x in range(15) if np.array_equal(full[:, y:y + 10, x:x + 10], e0)]
+    assert len(hits) == 1  # it is a window of the sample, not a resized copy
+
+
+def test_crop_and_time_budget_from_the_cli(tmp_path, capsys):
+    import json
+    import warnings
+
+    idir, mdir = _folders(tmp_path, n=4)
+    iio.imwrite(idir / "s01.png", np.zeros((30, 20), np.uint8))
+    iio.imwrite(mdir / "s01.png", np.zeros((30, 20), np.uint8))
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize",
+            "--batch-size", "2", "--device", "cpu", "--val-fraction", "0"]
+    assert main(base + ["--epochs", "1", "--crop", "16", "--out", str(tmp_path / "a")]) == 0  # mixed sizes, one crop
+    assert main(base + ["--epochs", "1", "--crop", "22", "--out", str(tmp_path / "b")]) == 2
+    assert "--crop 22 is larger than 1 training sample(s), e.g. s01.png (30x20)" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(base + ["--epochs", "3", "--crop", "16", "--max-minutes", "1e-6", "--out", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err
+    assert "time budget of 1e-06 min reached after epoch 1 of 3" in err
+    state = json.loads((tmp_path / "c" / "last" / "training_state.json").read_text())
+    assert state["epoch"] == 0

@@ -29,6 +29,11 @@ def add_parser(sub) -> None:
     p.add_argument("--binarize", action="store_true", help="labels > 0 are foreground")
     p.add_argument("--tile", type=NONNEGATIVE_INT, default=0,
                    help="cut 2D images into TILE x TILE training tiles (0 = whole images)")
+    p.add_argument("--crop", type=NONNEGATIVE_INT, default=0,
+                   help="train on a random CROP x CROP window of each sample, drawn afresh every epoch "
+                        "(after --tile; validation sees whole samples; not for FANet-style models)")
+    p.add_argument("--max-minutes", type=POSITIVE_FLOAT, default=None, metavar="M",
+                   help="time budget: finish the epoch that passes M minutes, save, stop (--resume continues)")
     p.add_argument("--model-options", default="{}", metavar="JSON",
                    help='extra model options, e.g. \'{"width": 8}\' or \'{"dilation": 6}\'')
     p.add_argument("--epochs", type=POSITIVE_INT)
@@ -121,6 +126,19 @@ def _check_sizes(ds, batch_size: int, tile: int, crop: int) -> None:
                    "pass --tile N or --crop N, or --batch-size 1")
 
 
+def _check_crop(ds, crop: int, model_name: str) -> None:
+    from ..models import get_spec
+
+    if get_spec(model_name).takes_mask:
+        raise CLIError(f"--crop is not for {model_name!r}: its feedback masks are kept per whole sample; "
+                       "use --tile N for fixed tiles")
+    small = [(ds.names[i], ds.raw(i).shape[-2:]) for i in range(len(ds)) if min(ds.raw(i).shape[-2:]) < crop]
+    if small:
+        name, (h, w) = small[0]
+        raise CLIError(f"--crop {crop} is larger than {len(small)} training sample(s), e.g. {name} ({h}x{w}); "
+                       "use a smaller --crop")
+
+
 def _model_options(text: str) -> dict:
     import json
 
@@ -138,7 +156,7 @@ def _config(args):
 
     overrides = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "loss": args.loss,
-        "tv_alpha": args.tv_alpha, "seed": args.seed, "augment": args.augment,
+        "tv_alpha": args.tv_alpha, "seed": args.seed, "augment": args.augment, "max_minutes": args.max_minutes,
     }
     cfg = recipe_for(args.model)
     try:
@@ -234,12 +252,15 @@ def run(args) -> int:
     ds = _dataset(args, cfg.seed)
     if args.tile > 0:
         ds = _tiled(ds, args.tile, cfg.seed)
-    _check_sizes(ds, cfg.batch_size, args.tile, 0)
+    _check_sizes(ds, cfg.batch_size, args.tile, args.crop)
     ds.augmenter = build_augmenter(cfg)
     if args.val_fraction > 0:
         train_ds, val_ds = _split(ds, args.val_fraction, cfg.seed, tiled=args.tile > 0)
     else:
         train_ds, val_ds = ds, None
+    if args.crop:
+        _check_crop(train_ds, args.crop, args.model)
+        train_ds.crop = args.crop
     out_channels = 1 if ds.num_classes <= 2 else ds.num_classes
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     try:

@@ -151,6 +151,11 @@ class Trainer:
                 return
             watch.epoch_end(epoch)
             yield from self._end_epoch(epoch)
+            if cfg.max_minutes and epoch + 1 < cfg.epochs and time.perf_counter() - t0 >= 60 * cfg.max_minutes:
+                warnings.warn(f"time budget of {cfg.max_minutes:g} min reached after epoch {epoch + 1} of {cfg.epochs}; "
+                              "stopping with the checkpoints saved (resume continues the run)", SegattnWarning,
+                              stacklevel=2)
+                break
         yield self._emit(Finished(cfg.epochs, self.best_epoch, self.best_score, self.model_path))
 
     # -- set-up ---------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class TrainConfig:
     select_on: str = "val_loss"
     select_class: int | None = None
     # run
+    max_minutes: float | None = None  # time budget: stop after the epoch that passes it (saved, resumable)
     seed: int = 0
     amp: str = "auto"  # auto (bf16/fp16 on CUDA, off elsewhere) | bf16 (also CPU) | fp16 | off
     channels_last: bool = True  # on CUDA; on CPU only for models measured faster (FANet)
