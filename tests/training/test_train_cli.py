@@ -216,3 +216,36 @@ def test_crop_and_time_budget_from_the_cli(tmp_path, capsys):
     assert "time budget of 1e-06 min reached after epoch 1 of 3" in err
     state = json.loads((tmp_path / "c" / "last" / "training_state.json").read_text())
     assert state["epoch"] == 0
+
+
+def test_binarize_threshold_is_recorded_and_reused(tmp_path, capsys):
+    """{0, 255} masks: the error names --binarize; --binarize T thresholds (JPEG noise warns at
+    T=0); evaluate and refine reuse the recorded threshold without --binarize."""
+    import json
+    import warnings
+
+    idir, mdir = _folders(tmp_path, n=4)
+    m = iio.imread(mdir / "s00.png").copy()
+    m[0, :3] = 3  # JPEG-like noise next to 0
+    iio.imwrite(mdir / "s00.png", m)
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--epochs", "1",
+            "--batch-size", "2", "--device", "cpu", "--val-fraction", "0"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 2
+    assert "pass --binarize to map label > 0 to 1 (--binarize 127 for JPEG masks" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(base + ["--binarize", "--out", str(tmp_path / "b")]) == 0
+        assert "3 pixel(s) have values between 0 and 127" in capsys.readouterr().err
+        assert main(base + ["--binarize", "127", "--out", str(tmp_path / "c")]) == 0
+        assert "lossy" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "c" / "model.json").read_text())["training"]["data"]["binarize"] == 127.0
+    # evaluate: no --binarize needed for a model that recorded its threshold
+    ev = ["evaluate", str(tmp_path / "c"), "--images", str(idir), "--masks", str(mdir), "--device", "cpu"]
+    assert main(ev + ["--out", str(tmp_path / "e.csv")]) == 0
+    rows = (tmp_path / "e.csv").read_text()
+    assert "mean" in rows
+    from napari_segattn.data import SegmentationDataset
+
+    ref = SegmentationDataset.from_folders(idir, mdir, binarize=127.0)
+    assert all(set(np.unique(ref.label(i))) <= {0, 1} for i in range(len(ref)))
+    assert ref.label(0)[0, :3].tolist() == [0, 0, 0]  # the noise stays background at T=127

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["int_range", "float_range", "POSITIVE_INT", "NONNEGATIVE_INT", "POSITIVE_FLOAT"]
+__all__ = ["int_range", "float_range", "POSITIVE_INT", "NONNEGATIVE_INT", "POSITIVE_FLOAT", "add_binarize"]
 
 
 def int_range(minimum: int, maximum: int | None = None):
@@ -50,3 +50,12 @@ def float_range(low: float, high: float = math.inf, *, low_open: bool = True, hi
 POSITIVE_INT = int_range(1)
 NONNEGATIVE_INT = int_range(0)
 POSITIVE_FLOAT = float_range(0.0)
+
+
+def add_binarize(p, what: str = "labels") -> None:
+    """``--binarize`` (labels > 0 are foreground) or ``--binarize T`` (labels > T, e.g. 127 for
+    JPEG masks, whose compression noise 1..5 would otherwise count as foreground). Parsed value:
+    None (not given), 0.0 or T."""
+    p.add_argument("--binarize", nargs="?", const=0.0, default=None, metavar="T",
+                   type=float_range(0.0, low_open=False),
+                   help=f"{what} > T are foreground (T default 0; e.g. --binarize 127 for JPEG masks)")

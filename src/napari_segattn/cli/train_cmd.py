@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import CLIError
-from .argtypes import NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, float_range, int_range
+from .argtypes import NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_binarize, float_range, int_range
 
 
 def add_parser(sub) -> None:
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     src.add_argument("--volume", nargs="+", metavar="F", help="image volume(s), one per modality")
     src.add_argument("--labels", help="label volume for --volume")
     src.add_argument("--axis", type=int_range(0, 2), default=0, help="slice axis of the volume (default 0)")
-    p.add_argument("--binarize", action="store_true", help="labels > 0 are foreground")
+    add_binarize(p)
     p.add_argument("--tile", type=NONNEGATIVE_INT, default=0,
                    help="cut 2D images into TILE x TILE training tiles (0 = whole images)")
     p.add_argument("--crop", type=NONNEGATIVE_INT, default=0,
@@ -51,6 +51,11 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _binarize(args):
+    """The data set's ``binarize``: False, True (> 0) or a threshold."""
+    return False if args.binarize is None else (True if args.binarize == 0 else args.binarize)
+
+
 def _dataset(args, seed: int):
     from ..data import DataError, SegmentationDataset
 
@@ -60,12 +65,12 @@ def _dataset(args, seed: int):
                 raise CLIError("give either --images/--masks or --volume/--labels, not both")
             if not (args.images and args.masks):
                 raise CLIError("--images and --masks go together")
-            return SegmentationDataset.from_folders(args.images, args.masks, binarize=args.binarize, seed=seed,
+            return SegmentationDataset.from_folders(args.images, args.masks, binarize=_binarize(args), seed=seed,
                                                     mask_suffix=args.mask_suffix)
         if args.volume:
             if not args.labels:
                 raise CLIError("--volume needs --labels")
-            return SegmentationDataset.from_volumes(args.volume, args.labels, axis=args.axis, binarize=args.binarize, seed=seed)
+            return SegmentationDataset.from_volumes(args.volume, args.labels, axis=args.axis, binarize=_binarize(args), seed=seed)
     except DataError as exc:
         raise CLIError(str(exc)) from None
     raise CLIError("no data: give --images DIR --masks DIR or --volume F --labels F")
@@ -261,6 +266,7 @@ def run(args) -> int:
     if args.crop:
         _check_crop(train_ds, args.crop, args.model)
         train_ds.crop = args.crop
+    train_ds.binarize = args.binarize  # recorded in model.json: evaluate/refine reuse it
     out_channels = 1 if ds.num_classes <= 2 else ds.num_classes
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     try:

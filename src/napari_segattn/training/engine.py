@@ -491,6 +491,7 @@ def _describe_data(train_ds, val_ds) -> dict[str, Any]:
         "examples": names[:3],
         "channels": getattr(train_ds, "num_channels", None),
         "classes": getattr(train_ds, "num_classes", None),
+        "binarize": getattr(train_ds, "binarize", None),  # labels > T were foreground (None: not binarised)
     }
 
 
