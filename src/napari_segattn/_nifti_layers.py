@@ -35,10 +35,9 @@ def looks_like_labels(path: str | Path, data: np.ndarray) -> bool:
 
 def read_nifti_layer(path: str | Path, layer_type: str | None = None) -> tuple:
     """One napari LayerDataTuple for a 3D (or 4D, channels last) NIfTI file."""
-    import nibabel as nib
+    from .data.io import load_nifti
 
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
+    data, img = load_nifti(path)  # DataError naming the file for a corrupt/truncated one
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if data.ndim < 3:
         raise ValueError(f"{Path(path).name}: expected a 3D/4D NIfTI volume, got shape {data.shape}")

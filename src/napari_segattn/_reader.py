@@ -13,5 +13,17 @@ def napari_get_reader(path):
 
 
 def read_nifti(path):
+    """Layers for the files; a corrupt or truncated one is a one-line napari error notification
+    (not a reader traceback) and yields napari's "empty file" sentinel, the others still open."""
+    from .data import DataError
+
     paths = path if isinstance(path, list) else [path]
-    return [read_nifti_layer(p) for p in paths]
+    layers = []
+    for p in paths:
+        try:
+            layers.append(read_nifti_layer(p))
+        except (DataError, ValueError) as exc:
+            from napari.utils.notifications import show_error
+
+            show_error(str(exc))
+    return layers or [(None,)]

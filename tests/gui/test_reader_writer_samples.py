@@ -30,6 +30,23 @@ def test_reader_opens_segmentations_as_labels(shared_data):
     assert set(np.unique(data)) <= {0, 1}
 
 
+def test_reader_turns_a_corrupt_volume_into_one_notification(tmp_path, monkeypatch):
+    """A truncated .nii.gz (zlib/EOFError before) is one error notification naming the file; the
+    good file of the same drop still opens."""
+    import napari.utils.notifications as notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_error", shown.append)
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.float32), np.eye(4)), good)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(good.read_bytes()[:40])
+    assert napari_get_reader(str(bad))(str(bad)) == [(None,)]  # napari's "empty file" sentinel
+    assert len(shown) == 1 and "cannot read NIfTI volume" in shown[0] and "bad.nii.gz" in shown[0]
+    layers = napari_get_reader([str(bad), str(good)])([str(bad), str(good)])
+    assert len(layers) == 1 and layers[0][0].shape == (3, 5, 4)
+
+
 def test_reader_declines_other_files():
     assert napari_get_reader("image.png") is None
 

@@ -47,3 +47,31 @@ def test_build_augmenter():
     assert (a.p_flip, a.rotate, a.p_rotate) == (0.3, 35.0, 0.3)
     t = build_augmenter(dataclasses.replace(recipe_for("brunet"), tv_alpha=8.0))
     assert t.tv_alpha == 8.0 and t.flip is False
+
+
+def test_milestones_stay_inside_the_run():
+    """epochs=1 put both derived milestones at epoch 0: the run trained at 1e-4, not 1e-2."""
+    assert dataclasses.replace(recipe_for("unet"), epochs=1).resolved_milestones() == []
+    assert dataclasses.replace(recipe_for("unet"), epochs=2).resolved_milestones() == [1, 1]
+    assert dataclasses.replace(recipe_for("unet"), epochs=3).resolved_milestones() == [1, 2]
+    with pytest.raises(ValueError, match="each must be >= 1"):
+        dataclasses.replace(recipe_for("unet"), milestones=(0, 5))
+    with pytest.warns(UserWarning, match=r"milestone\(s\) \[50\] are at or past the last epoch"):
+        dataclasses.replace(recipe_for("unet"), epochs=10, milestones=(5, 50)).resolved_milestones()
+
+
+def test_one_epoch_trains_at_the_recipe_lr():
+    import torch
+
+    from napari_segattn.models import build_model
+    from napari_segattn.training import Trainer
+    from napari_segattn.training.events import Step
+
+    from training_toys import toy_dataset
+
+    ds = toy_dataset(n=4, size=16)
+    cfg = dataclasses.replace(recipe_for("unet"), epochs=1, batch_size=2, augment="none")
+    torch.manual_seed(0)
+    model = build_model("_tiny", in_channels=1, out_channels=1)
+    lrs = [e.lr for e in Trainer(model, ds, None, cfg, device="cpu").run() if isinstance(e, Step)]
+    assert lrs == [1e-2, 1e-2]

@@ -74,7 +74,7 @@ def test_train_writes_a_loadable_model(tmp_path, capsys):
         (["--model", "_tiny", "--images", "{tmp}"], "--images and --masks go together"),
         (["--model", "_tiny"], "no data"),
         (["--model", "_tiny", "--volume", "a.nii"], "--volume needs --labels"),
-        (["--model", "_tiny", "--images", "{tmp}", "--masks", "{tmp}", "--batch-size", "0"], "batch_size must be >= 1"),
+        (["--model", "_tiny", "--images", "{tmp}", "--masks", "{tmp}", "--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
     ],
 )
 def test_user_errors_are_one_line(tmp_path, capsys, args, message):
@@ -135,3 +135,117 @@ def test_torchrun_ddp_matches_a_single_process_run(tmp_path):
     assert stores[0].indices() == stores[1].indices() == list(range(8))  # both ranks' samples gathered
     for i in range(8):
         assert np.array_equal(stores[0].get(i), stores[1].get(i))
+
+
+def test_different_sizes_say_how_to_batch_them(tmp_path, capsys):
+    idir, mdir = _folders(tmp_path, n=4)
+    iio.imwrite(idir / "s01.png", np.zeros((30, 20), np.uint8))
+    iio.imwrite(mdir / "s01.png", np.zeros((30, 20), np.uint8))
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize", "--epochs", "1",
+            "--device", "cpu", "--val-fraction", "0"]
+    assert main(base + ["--batch-size", "2", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "2 different sizes (s00.png 24x24, s01.png 30x20)" in err and "--tile N or --crop N, or --batch-size 1" in err
+    assert "\n" not in err
+    assert main(base + ["--batch-size", "1", "--out", str(tmp_path / "b")]) == 0
+    assert main(base + ["--batch-size", "2", "--tile", "12", "--out", str(tmp_path / "c")]) == 0
+
+
+def test_tiles_are_validated_on_held_out_images(tmp_path, capsys):
+    """Validation tiles come from images no training tile comes from (split by image)."""
+    import json
+
+    idir, mdir = _folders(tmp_path, n=5)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize",
+                 "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--tile", "12", "--val-fraction", "0.4",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "validation: 8 tiles of 2 held-out image(s) of 5 (split by image)" in err
+    data = json.loads((out / "model.json").read_text())["training"]["data"]
+    assert data["train_samples"] == 12 and data["val_samples"] == 8
+    assert data["examples"][0].endswith(".png[tile 0]")  # file names, not array[1]
+
+
+def test_split_by_image_keeps_each_image_on_one_side(capsys):
+    from napari_segattn.cli.train_cmd import _split, _tiled
+    from training_toys import toy_dataset
+
+    tiles = _tiled(toy_dataset(n=6, size=24), 12, seed=0)
+    train, val = _split(tiles, 0.34, seed=0, tiled=True)
+    assert set(train.groups).isdisjoint(val.groups) and len(set(val.groups)) == 2
+    assert len(train) + len(val) == 24
+
+
+def test_random_crop_is_fresh_each_epoch_and_reproducible():
+    from training_toys import toy_dataset
+
+    ds = toy_dataset(n=2, size=24)
+    ds.crop = 10
+
+    def window(epoch):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        assert item["image"].shape[-2:] == (10, 10) and item["label"].shape == (10, 10)
+        return item["image"].numpy()
+
+    e0, e1 = window(0), window(1)
+    assert not np.array_equal(e0, e1)  # a fresh window per epoch
+    np.testing.assert_array_equal(window(0), e0)  # the same for the same (seed, epoch)
+    full = ds.normalized(0)
+    hits = [(y, x) for y in range(15) for x in range(15) if np.array_equal(full[:, y:y + 10, x:x + 10], e0)]
+    assert len(hits) == 1  # it is a window of the sample, not a resized copy
+
+
+def test_crop_and_time_budget_from_the_cli(tmp_path, capsys):
+    import json
+    import warnings
+
+    idir, mdir = _folders(tmp_path, n=4)
+    iio.imwrite(idir / "s01.png", np.zeros((30, 20), np.uint8))
+    iio.imwrite(mdir / "s01.png", np.zeros((30, 20), np.uint8))
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize",
+            "--batch-size", "2", "--device", "cpu", "--val-fraction", "0"]
+    assert main(base + ["--epochs", "1", "--crop", "16", "--out", str(tmp_path / "a")]) == 0  # mixed sizes, one crop
+    assert main(base + ["--epochs", "1", "--crop", "22", "--out", str(tmp_path / "b")]) == 2
+    assert "--crop 22 is larger than 1 training sample(s), e.g. s01.png (30x20)" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(base + ["--epochs", "3", "--crop", "16", "--max-minutes", "1e-6", "--out", str(tmp_path / "c")]) == 0
+    err = capsys.readouterr().err
+    assert "time budget of 1e-06 min reached after epoch 1 of 3" in err
+    state = json.loads((tmp_path / "c" / "last" / "training_state.json").read_text())
+    assert state["epoch"] == 0
+
+
+def test_binarize_threshold_is_recorded_and_reused(tmp_path, capsys):
+    """{0, 255} masks: the error names --binarize; --binarize T thresholds (JPEG noise warns at
+    T=0); evaluate and refine reuse the recorded threshold without --binarize."""
+    import json
+    import warnings
+
+    idir, mdir = _folders(tmp_path, n=4)
+    m = iio.imread(mdir / "s00.png").copy()
+    m[0, :3] = 3  # JPEG-like noise next to 0
+    iio.imwrite(mdir / "s00.png", m)
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--epochs", "1",
+            "--batch-size", "2", "--device", "cpu", "--val-fraction", "0"]
+    assert main(base + ["--out", str(tmp_path / "a")]) == 2
+    assert "pass --binarize to map label > 0 to 1 (--binarize 127 for JPEG masks" in capsys.readouterr().err
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(base + ["--binarize", "--out", str(tmp_path / "b")]) == 0
+        assert "3 pixel(s) have values between 0 and 127" in capsys.readouterr().err
+        assert main(base + ["--binarize", "127", "--out", str(tmp_path / "c")]) == 0
+        assert "lossy" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "c" / "model.json").read_text())["training"]["data"]["binarize"] == 127.0
+    # evaluate: no --binarize needed for a model that recorded its threshold
+    ev = ["evaluate", str(tmp_path / "c"), "--images", str(idir), "--masks", str(mdir), "--device", "cpu"]
+    assert main(ev + ["--out", str(tmp_path / "e.csv")]) == 0
+    rows = (tmp_path / "e.csv").read_text()
+    assert "mean" in rows
+    from napari_segattn.data import SegmentationDataset
+
+    ref = SegmentationDataset.from_folders(idir, mdir, binarize=127.0)
+    assert all(set(np.unique(ref.label(i))) <= {0, 1} for i in range(len(ref)))
+    assert ref.label(0)[0, :3].tolist() == [0, 0, 0]  # the noise stays background at T=127

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..tables import write_csv
 from . import CLIError
+from .argtypes import POSITIVE_INT, add_binarize
 from .predict_cmd import add_common, load_cli_model, read_cli_image, refuse_existing, user_errors
 
 
@@ -24,10 +25,10 @@ def add_parser(sub) -> None:
     p.add_argument("--images", required=True, help="folder of images")
     p.add_argument("--masks", required=True, help="folder of ground-truth masks with the same file names")
     p.add_argument("--mask-suffix", default="", help="masks are named <image name><suffix>, e.g. _mask")
-    p.add_argument("--binarize", action="store_true", help="ground truth > 0 is foreground (e.g. {0,255} or instance labels)")
-    p.add_argument("--iterations", type=int, default=10, help="FANet: feedback iterations (default 10)")
+    add_binarize(p, "ground truth")
+    p.add_argument("--iterations", type=POSITIVE_INT, default=10, help="FANet: feedback iterations (default 10)")
     p.add_argument("--out", default=None, help="write the per-image table as CSV")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--overwrite", action="store_true")
     add_common(p)
     p.set_defaults(func=run)
@@ -69,18 +70,30 @@ def flatten(d, prefix: str = "") -> dict[str, float]:
         return {}
 
 
-def ground_truth(mask_file, traits, binarize: bool) -> np.ndarray:
+def binarize_threshold(args, model) -> float | None:
+    """``--binarize [T]`` as given, else the threshold the checkpoint was trained with (model.json
+    ``training.data.binarize``), so a binary model needs no ``--binarize`` again."""
+    if args.binarize is not None:
+        return args.binarize
+    info = (getattr(model, "segattn_checkpoint", None) or {}).get("training") or {}
+    recorded = (info.get("data") or {}).get("binarize")
+    return float(recorded) if recorded is not None else None
+
+
+def ground_truth(mask_file, traits, binarize: float | None) -> np.ndarray:
+    """Ground truth for the model: binary models take ``> binarize`` (None: values must be 0/1)."""
     gt = np.asarray(mask_file.data)
     if gt.ndim == 3 and gt.shape[-1] in (3, 4) and mask_file.kind == "raster":
         gt = gt[..., 0]
     if traits.binary:
-        if binarize:
-            return gt > 0
+        if binarize is not None and binarize is not False:
+            return gt > float(binarize)
         vals = np.unique(gt)
         if not set(vals.tolist()) <= {0, 1}:
-            raise CLIError(f"{mask_file.path.name} has values {vals[:6].tolist()}...; pass --binarize for > 0")
+            raise CLIError(f"{mask_file.path.name} has values {vals[:6].tolist()}...; pass --binarize for > 0 "
+                           "(--binarize 127 for JPEG masks)")
         return gt.astype(bool)
-    if binarize:
+    if binarize is not None and binarize is not False:
         raise CLIError("--binarize is for one-logit (binary) models")
     return gt.astype(np.int64)
 
@@ -98,7 +111,7 @@ def run(args) -> int:
     for img_path, mask_path in pairs:
         f, data, c, s = read_cli_image(str(img_path), model, args.channel_axis, args.slice_axis)
         with user_errors():
-            gt = ground_truth(read_image(mask_path), traits, args.binarize)
+            gt = ground_truth(read_image(mask_path), traits, binarize_threshold(args, model))
             spacing = f.spacing if f.kind == "nifti" else None
             if traits.takes_mask:
                 ref = FANetRefiner(model, data, ground_truth=gt, channel_axis=c, slice_axis=s, device=args.device,

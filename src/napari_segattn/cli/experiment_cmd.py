@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import CLIError
+from .argtypes import POSITIVE_INT
 
 NAMES = ("fanet-ablation", "mistakes", "attention-shift", "fu-net", "corrections")
 
@@ -29,7 +30,7 @@ def add_parser(sub) -> None:
     seed.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
                       help="run once per seed into OUT/seed-N/ (finished seeds are reused), then write "
                            "mean ± sd tables (summary_*.csv), claims.csv/.png and summary.json to OUT")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=POSITIVE_INT, default=None,
                    help="override the scale's epoch count (e.g. --full --epochs 1 to check the paper-sized pipeline)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results (also finished seeds)")
     p.set_defaults(func=run)

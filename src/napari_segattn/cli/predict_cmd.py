@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from . import CLIError
+from .argtypes import POSITIVE_INT
 
 
 def add_common(p, *, device=True) -> None:
@@ -27,11 +28,11 @@ def add_parser(sub) -> None:
     p.add_argument("image", help="image or volume (.nii/.nii.gz, .tif, .png)")
     p.add_argument("--out", required=True, help="label file to write (.nii.gz keeps the input's header; .tif; .png)")
     p.add_argument("--probabilities", default=None, help="also write the probabilities (.tif/.nii.gz, float32)")
-    p.add_argument("--iterations", type=int, default=None,
+    p.add_argument("--iterations", type=POSITIVE_INT, default=None,
                    help="FANet: feedback iterations from the Otsu mask (default 10, as released test.py)")
     p.add_argument("--init", default="otsu", choices=["otsu", "empty", "full"],
                    help="FANet: initial feedback mask (default otsu, as released)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA (plain float32)")
     prec.add_argument("--bf16", action="store_true",
@@ -45,14 +46,15 @@ def add_parser(sub) -> None:
 @contextlib.contextmanager
 def user_errors():
     """Core errors the user can fix, as CLIError (one line, exit 2)."""
+    from ..data import DataError
+    from ..devices import DeviceError
     from ..inference import GPUMemoryError, InputError
     from ..models import CheckpointError
 
-    from ..devices import DeviceError
-
     try:
         yield
-    except (CheckpointError, InputError, GPUMemoryError, DeviceError, FileExistsError, FileNotFoundError) as exc:
+    except (CheckpointError, InputError, DataError, GPUMemoryError, DeviceError, FileExistsError,
+            FileNotFoundError) as exc:
         raise CLIError(str(exc)) from None
 
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import CLIError
+from .argtypes import POSITIVE_INT, add_binarize, float_range
 from ..tables import write_csv
-from .evaluate_cmd import ground_truth
+from .evaluate_cmd import binarize_threshold, ground_truth
 from .predict_cmd import add_common, load_cli_model, read_cli_image, refuse_existing, user_errors
 
 
@@ -20,13 +21,13 @@ def add_parser(sub) -> None:
     p.add_argument("checkpoint")
     p.add_argument("image")
     p.add_argument("--gt", default=None, help="ground-truth mask for per-iteration metrics")
-    p.add_argument("--binarize", action="store_true", help="ground truth > 0 is foreground")
-    p.add_argument("--iterations", type=int, default=10)
+    add_binarize(p, "ground truth")
+    p.add_argument("--iterations", type=POSITIVE_INT, default=10)
     p.add_argument("--init", default="otsu", choices=["otsu", "empty", "full"], help="initial feedback mask")
-    p.add_argument("--tol", type=float, default=None,
+    p.add_argument("--tol", type=float_range(0.0, 1.0, low_open=False, high_open=False), default=None,
                    help="stop once the changed-pixel fraction is <= TOL (default: never, as released)")
     p.add_argument("--out", default=None, help="output folder (default: <image>_refine)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     p.add_argument("--overwrite", action="store_true")
     add_common(p)
     p.set_defaults(func=run)
@@ -48,7 +49,7 @@ def run(args) -> int:
     names = [out / f"initial_mask{ext}"] + [out / f"iter_{k:02d}{ext}" for k in range(args.iterations)]
     refuse_existing(names + [out / "metrics.csv"], args.overwrite)
     with user_errors():
-        gt = ground_truth(read_image(args.gt), traits, args.binarize) if args.gt else None
+        gt = ground_truth(read_image(args.gt), traits, binarize_threshold(args, model)) if args.gt else None
         ref = FANetRefiner(model, data, init=args.init, ground_truth=gt, channel_axis=c, slice_axis=s,
                            device=args.device, batch_size=args.batch_size,
                            spacing=f.spacing if f.kind == "nifti" else None)

@@ -14,18 +14,19 @@ from pathlib import Path
 import numpy as np
 
 from . import CLIError
+from .argtypes import NONNEGATIVE_INT, POSITIVE_INT
 from .predict_cmd import add_common, load_cli_model, read_cli_image, refuse_existing, user_errors
 
 
 def add_saliency_options(p) -> None:
     p.add_argument("--method", default="fast", choices=["fast", "per_window", "abs_windows"])
-    p.add_argument("--window", type=int, default=None, help="window size (default: the model's stride)")
-    p.add_argument("--stride", type=int, default=8)
-    p.add_argument("--steps", type=int, default=50, help="IG integration steps")
+    p.add_argument("--window", type=POSITIVE_INT, default=None, help="window size (default: the model's stride)")
+    p.add_argument("--stride", type=POSITIVE_INT, default=8)
+    p.add_argument("--steps", type=POSITIVE_INT, default=50, help="IG integration steps")
     p.add_argument("--baseline", default="zeros", choices=["zeros", "blur", "mean"])
-    p.add_argument("--internal-batch-size", type=int, default=None,
+    p.add_argument("--internal-batch-size", type=POSITIVE_INT, default=None,
                    help="IG steps per forward pass (default: about 1 MPixel per pass, to bound memory)")
-    p.add_argument("--slice", type=int, default=None, help="slice index of a volume (default: the middle)")
+    p.add_argument("--slice", type=NONNEGATIVE_INT, default=None, help="slice index of a volume (default: the middle)")
 
 
 def add_parser(sub) -> None:

@@ -13,6 +13,7 @@ import os
 import sys
 
 from . import CLIError
+from .argtypes import NONNEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, add_binarize, float_range, int_range
 
 
 def add_parser(sub) -> None:
@@ -24,19 +25,24 @@ def add_parser(sub) -> None:
     src.add_argument("--mask-suffix", default="", help="masks are named <image name><suffix>, e.g. _mask")
     src.add_argument("--volume", nargs="+", metavar="F", help="image volume(s), one per modality")
     src.add_argument("--labels", help="label volume for --volume")
-    src.add_argument("--axis", type=int, default=0, help="slice axis of the volume (default 0)")
-    p.add_argument("--binarize", action="store_true", help="labels > 0 are foreground")
-    p.add_argument("--tile", type=int, default=0,
+    src.add_argument("--axis", type=int_range(0, 2), default=0, help="slice axis of the volume (default 0)")
+    add_binarize(p)
+    p.add_argument("--tile", type=NONNEGATIVE_INT, default=0,
                    help="cut 2D images into TILE x TILE training tiles (0 = whole images)")
+    p.add_argument("--crop", type=NONNEGATIVE_INT, default=0,
+                   help="train on a random CROP x CROP window of each sample, drawn afresh every epoch "
+                        "(after --tile; validation sees whole samples; not for FANet-style models)")
+    p.add_argument("--max-minutes", type=POSITIVE_FLOAT, default=None, metavar="M",
+                   help="time budget: finish the epoch that passes M minutes, save, stop (--resume continues)")
     p.add_argument("--model-options", default="{}", metavar="JSON",
                    help='extra model options, e.g. \'{"width": 8}\' or \'{"dilation": 6}\'')
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=POSITIVE_INT)
+    p.add_argument("--batch-size", type=POSITIVE_INT)
+    p.add_argument("--lr", type=POSITIVE_FLOAT)
     p.add_argument("--loss", choices=["dice", "bce_dice", "ce", "ce_dice", "feedback_ce"])
     p.add_argument("--augment", choices=["none", "flip", "fanet"], help="augmentation (default: the recipe's)")
-    p.add_argument("--tv-alpha", type=float, help="TV-smoothing augmentation weight (smaller = smoother)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out fraction (0 = no validation)")
+    p.add_argument("--tv-alpha", type=POSITIVE_FLOAT, help="TV-smoothing augmentation weight (smaller = smoother)")
+    p.add_argument("--val-fraction", type=float_range(0.0, 1.0, low_open=False), default=0.1, help="held-out fraction (0 = no validation)")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N, mps or cpu")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
@@ -47,9 +53,14 @@ def add_parser(sub) -> None:
                     help="what FANet is fed while training: its stored previous prediction (released, the "
                          "default) or, with probability --correction-prob, a simulated user correction of its "
                          "current prediction; pair with --model-options '{\"mask_input\": true}'")
-    fb.add_argument("--correction-prob", type=float, metavar="P",
+    fb.add_argument("--correction-prob", type=float_range(0.0, 1.0, low_open=False, high_open=False), metavar="P",
                     help="share of samples fed a simulated correction with --feedback corrections (default 0.5)")
     p.set_defaults(func=run)
+
+
+def _binarize(args):
+    """The data set's ``binarize``: False, True (> 0) or a threshold."""
+    return False if args.binarize is None else (True if args.binarize == 0 else args.binarize)
 
 
 def _dataset(args, seed: int):
@@ -61,27 +72,83 @@ def _dataset(args, seed: int):
                 raise CLIError("give either --images/--masks or --volume/--labels, not both")
             if not (args.images and args.masks):
                 raise CLIError("--images and --masks go together")
-            return SegmentationDataset.from_folders(args.images, args.masks, binarize=args.binarize, seed=seed,
+            return SegmentationDataset.from_folders(args.images, args.masks, binarize=_binarize(args), seed=seed,
                                                     mask_suffix=args.mask_suffix)
         if args.volume:
             if not args.labels:
                 raise CLIError("--volume needs --labels")
-            return SegmentationDataset.from_volumes(args.volume, args.labels, axis=args.axis, binarize=args.binarize, seed=seed)
+            return SegmentationDataset.from_volumes(args.volume, args.labels, axis=args.axis, binarize=_binarize(args), seed=seed)
     except DataError as exc:
         raise CLIError(str(exc)) from None
     raise CLIError("no data: give --images DIR --masks DIR or --volume F --labels F")
 
 
 def _tiled(ds, tile: int, seed: int):
-    """The same samples cut into tiles (so one large image can give train and val samples)."""
+    """The same samples cut into tiles (so one large image can give train and val samples).
+
+    Each tile keeps its image's name (``a.png[tile 3]``, recorded in model.json) and its
+    image's group, so validation can hold out whole images (:func:`_split`)."""
     from ..data import SegmentationDataset, tile_pairs
 
-    images, labels = [], []
+    images, labels, names, groups, spacings = [], [], [], [], []
     for i in range(len(ds)):
         ims, labs = tile_pairs(ds.raw(i), ds.label(i), tile)
         images += ims
         labels += labs
-    return SegmentationDataset.from_arrays(images, labels, channel_axis=0, normalization=ds.normalization, seed=seed)
+        names += [f"{ds.names[i]}[tile {k}]" for k in range(len(ims))]
+        groups += [ds.groups[i]] * len(ims)
+        spacings += [ds.spacings[i]] * len(ims)
+    return SegmentationDataset(images, labels, names=names, normalization=ds.normalization, seed=seed,
+                               groups=groups, spacings=spacings, num_classes=ds.num_classes)
+
+
+def _split(ds, val_fraction: float, seed: int, tiled: bool):
+    """Train/validation split; tiles are held out by *image* (a random share of tiles put
+    validation tiles beside training tiles of the same image: optimistic scores, and the best
+    epoch chosen on leaked data). The log says which split was used."""
+    if len(ds) < 2:
+        raise CLIError(f"only {len(ds)} sample: cannot hold out a validation set (use --val-fraction 0)")
+    n_groups = len(set(ds.groups))
+    by_image = tiled and n_groups >= 2
+    train_ds, val_ds = ds.split(val_fraction, seed=seed, by_group=by_image)
+    if by_image:
+        n_val = len(set(val_ds.groups))
+        note = f"{len(val_ds)} tiles of {n_val} held-out image(s) of {n_groups} (split by image)"
+    elif tiled:
+        note = (f"{len(val_ds)} of {len(ds)} tiles of the one image: validation tiles sit beside training "
+                "tiles, so its scores are optimistic")
+    else:
+        note = f"{len(val_ds)} of {len(ds)} samples"
+    print(f"validation: {note}", file=sys.stderr)
+    return train_ds, val_ds
+
+
+def _check_sizes(ds, batch_size: int, tile: int, crop: int) -> None:
+    """Different image sizes can only be batched when cut to one size (raw torch 'stack expects
+    each tensor to be equal size' before)."""
+    if ds.shape is not None or tile or crop or batch_size == 1:
+        return
+    from ..data.errors import few
+
+    sizes: dict = {}
+    for i in range(len(ds)):
+        sizes.setdefault(tuple(ds.raw(i).shape[-2:]), ds.names[i])
+    listed = few([f"{n} {h}x{w}" for (h, w), n in sizes.items()], 3)
+    raise CLIError(f"the training images have {len(sizes)} different sizes ({listed}); a batch needs one size: "
+                   "pass --tile N or --crop N, or --batch-size 1")
+
+
+def _check_crop(ds, crop: int, model_name: str) -> None:
+    from ..models import get_spec
+
+    if get_spec(model_name).takes_mask:
+        raise CLIError(f"--crop is not for {model_name!r}: its feedback masks are kept per whole sample; "
+                       "use --tile N for fixed tiles")
+    small = [(ds.names[i], ds.raw(i).shape[-2:]) for i in range(len(ds)) if min(ds.raw(i).shape[-2:]) < crop]
+    if small:
+        name, (h, w) = small[0]
+        raise CLIError(f"--crop {crop} is larger than {len(small)} training sample(s), e.g. {name} ({h}x{w}); "
+                       "use a smaller --crop")
 
 
 def _model_options(text: str) -> dict:
@@ -101,7 +168,7 @@ def _config(args):
 
     overrides = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "loss": args.loss,
-        "tv_alpha": args.tv_alpha, "seed": args.seed, "augment": args.augment,
+        "tv_alpha": args.tv_alpha, "seed": args.seed, "augment": args.augment, "max_minutes": args.max_minutes,
         "feedback": args.feedback, "correction_prob": args.correction_prob,
     }
     cfg = recipe_for(args.model)
@@ -198,13 +265,16 @@ def run(args) -> int:
     ds = _dataset(args, cfg.seed)
     if args.tile > 0:
         ds = _tiled(ds, args.tile, cfg.seed)
+    _check_sizes(ds, cfg.batch_size, args.tile, args.crop)
     ds.augmenter = build_augmenter(cfg)
     if args.val_fraction > 0:
-        if len(ds) < 2:
-            raise CLIError(f"only {len(ds)} sample: cannot hold out a validation set (use --val-fraction 0)")
-        train_ds, val_ds = ds.split(args.val_fraction, seed=cfg.seed)
+        train_ds, val_ds = _split(ds, args.val_fraction, cfg.seed, tiled=args.tile > 0)
     else:
         train_ds, val_ds = ds, None
+    if args.crop:
+        _check_crop(train_ds, args.crop, args.model)
+        train_ds.crop = args.crop
+    train_ds.binarize = args.binarize  # recorded in model.json: evaluate/refine reuse it
     out_channels = 1 if ds.num_classes <= 2 else ds.num_classes
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     try:

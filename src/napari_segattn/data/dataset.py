@@ -89,6 +89,16 @@ def mask_to_hw(arr: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
+def random_crop(rng: np.random.Generator, size: int, image: np.ndarray, label: np.ndarray, fb, name: str):
+    """A ``size`` x ``size`` window at a random position, the same for image, label and feedback."""
+    h, w = label.shape[-2:]
+    if size > h or size > w:
+        raise DataError(f"{name}: crop {size} is larger than the image ({h}x{w}); use a smaller --crop")
+    y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+    win = (slice(y, y + size), slice(x, x + size))
+    return image[(..., *win)], label[win], None if fb is None else fb[win]
+
+
 class SegmentationDataset(Dataset):
     """Samples ``{"image": float32 CxHxW, "label": int64 HxW, "index": int[, "feedback": float32 1xHxW]}``.
 
@@ -135,6 +145,8 @@ class SegmentationDataset(Dataset):
         self.groups = list(groups) if groups is not None else list(range(n))
         self.slice_index = list(slice_index) if slice_index is not None else [None] * n
         self.volumes = volumes or []
+        #: side of a random square crop drawn afresh per sample and epoch (``--crop``); None: whole
+        self.crop: int | None = None
         self.feedback = feedback
         self.augment_feedback = augment_feedback
         self._epoch = 0
@@ -204,6 +216,8 @@ class SegmentationDataset(Dataset):
                 image, label, fb = self.augmenter(rng, image, label, fb)
             else:
                 image, label = self.augmenter(rng, image, label)
+        if augment and self.crop:
+            image, label, fb = random_crop(self._rng(i), self.crop, image, label, fb, self.names[i])
         out = {"image": np.ascontiguousarray(image, dtype=np.float32),
                "label": np.ascontiguousarray(label, dtype=np.int64), "index": i, "name": self.names[i]}
         if fb is not None:
@@ -211,7 +225,7 @@ class SegmentationDataset(Dataset):
         return out
 
     def __getitem__(self, i: int) -> dict:
-        s = self.sample(i, augment=self.augmenter is not None)
+        s = self.sample(i, augment=self.augmenter is not None or bool(self.crop))
         item = {"image": torch.from_numpy(s["image"]), "label": torch.from_numpy(s["label"]), "index": s["index"]}
         if "feedback" in s:
             item["feedback"] = torch.from_numpy(s["feedback"])

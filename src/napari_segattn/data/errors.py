@@ -7,6 +7,11 @@ class DataError(ValueError):
     """Data that cannot be used as given; the message names the file/sample and says what to do."""
 
 
+class SegattnWarning(UserWarning):
+    """A result that is computed but may mislead (NaN metrics, a diverging run); the CLI prints it
+    as ``segattn X: warning: ...``."""
+
+
 def few(items, n: int = 5) -> str:
     """A short, readable list of the first ``n`` items (for messages about many files)."""
     items = [str(i) for i in items]

@@ -35,6 +35,8 @@ def file_stem(path: str | Path) -> str:
 def _exists(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"cannot read {path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"cannot read {path}: the file is empty (0 bytes)")
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -56,8 +58,32 @@ def read_image(path: str | Path) -> np.ndarray:
 
             arr = iio.imread(path, plugin="pillow")
     except Exception as exc:  # the readers raise many types; the user needs the file name
-        raise DataError(f"cannot read image {path}: {exc}") from exc
-    return np.asarray(arr)
+        raise DataError(f"cannot read image {path}: {_reason(exc)} (corrupt, truncated or not an image file?)") from None
+    arr = np.asarray(arr)
+    if arr.ndim < 2 or arr.size == 0:
+        raise DataError(f"{path}: expected an image, got an array of shape {arr.shape}")
+    return arr
+
+
+def load_nifti(path: str | Path):
+    """``(array in nibabel's (x, y, z[, c]) order, nibabel image)``; a corrupt or truncated file
+    (``zlib.error``, ``EOFError``, ``ImageFileError``) is a :class:`DataError` naming it. The one
+    NIfTI read behind training, the CLI and the napari reader."""
+    path = Path(path)
+    _exists(path)
+    try:
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)  # nibabel reads lazily: decompression errors come here
+    except Exception as exc:  # nibabel/gzip/zlib raise many types; the user needs the file name
+        raise DataError(f"cannot read NIfTI volume {path}: {_reason(exc)} (corrupt or truncated?)") from None
+    return data, img
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def read_volume(path: str | Path):
@@ -72,13 +98,7 @@ def read_volume(path: str | Path):
     _exists(path)
     if not is_nifti(path):
         return read_image(path), None, None, None
-    try:
-        import nibabel as nib
-
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:
-        raise DataError(f"cannot read NIfTI volume {path}: {exc}") from exc
+    data, img = load_nifti(path)
     if data.ndim < 2:
         raise DataError(f"{path}: expected an image or volume, got shape {data.shape}")
     nd = min(data.ndim, 3)

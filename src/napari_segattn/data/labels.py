@@ -15,6 +15,23 @@ def check_finite(image: np.ndarray, name: str) -> None:
         raise DataError(f"{name}: image contains {bad} NaN/Inf pixel(s); fix or mask them before training")
 
 
+def _warn_lossy(lab: np.ndarray, name: str) -> None:
+    """A {0, 255} mask saved as JPEG has compression noise 1..~10 around its edges, which
+    ``label > 0`` counts as foreground without a word; say so and name the threshold to use."""
+    hi = int(lab.max(initial=0))
+    if hi < 128:
+        return
+    faint = int(((lab > 0) & (lab < hi // 2)).sum())
+    if faint:
+        import warnings
+
+        from .errors import SegattnWarning
+
+        warnings.warn(f"{name}: {faint} pixel(s) have values between 0 and {hi // 2} (lossy/JPEG noise?) and count "
+                      f"as foreground with --binarize; pass --binarize {hi // 2} (Python: binarize={hi // 2}) "
+                      "to threshold at half the maximum", SegattnWarning, stacklevel=4)
+
+
 def to_label_map(
     label: np.ndarray,
     name: str,
@@ -42,7 +59,8 @@ def to_label_map(
             vals = np.unique(lab[lab != np.round(lab)])
             raise DataError(
                 f"{name}: labels must be integers, found values {few(vals.tolist(), 4)} "
-                "(soft masks: threshold them, or use binarize=True to map label > 0 to 1)"
+                "(soft masks: threshold them, or binarize: --binarize [T] on the command line, "
+                "binarize=True or a threshold in Python, maps label > T to 1)"
             )
     lab = lab.astype(np.int64)
     if label_map:
@@ -51,6 +69,7 @@ def to_label_map(
             out[lab == int(src)] = int(dst)
         lab = out
     if binarize:
+        _warn_lossy(lab, name)
         return (lab > 0).astype(np.int64)
     lo, hi = int(lab.min(initial=0)), int(lab.max(initial=0))
     if lo < 0:
@@ -60,7 +79,8 @@ def to_label_map(
         hint = " (a {0, 255} mask)" if set(vals.tolist()) <= {0, 255} else ""
         raise DataError(
             f"{name}: label value {hi} is out of range{hint}; labels must be class indices "
-            f"0..{max_classes - 1} — use binarize=True to map label > 0 to 1, or label_map to renumber "
+            f"0..{max_classes - 1} — pass --binarize to map label > 0 to 1 (--binarize 127 for JPEG masks; "
+            f"Python: binarize=True or a threshold, or label_map={{value: class}} to renumber) "
             f"(values found: {few(vals.tolist(), 6)})"
         )
     return lab

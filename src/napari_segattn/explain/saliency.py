@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..inference.checks import check_int
 from ..inference.layout import InputError
 from ..inference.masks import initial_masks
 from ..inference.predict import _eval_on, prepare_stack
@@ -95,6 +96,20 @@ def coverage(shape: tuple[int, int], windows: Sequence[tuple[slice, slice]]) -> 
     return cov
 
 
+def _check_windows(window, stride, shape: tuple[int, int]):
+    """Window in 1..image size, stride >= 1: window 0 gave an all-zero map and a NaN relative gap,
+    stride 0 a raw ``range()`` error, a negative stride an IndexError."""
+    h, w = shape
+    wins = (window, window) if np.isscalar(window) else tuple(window)
+    if len(wins) != 2:
+        raise InputError(f"window must be an int or (height, width), got {window!r}")
+    wh = check_int(wins[0], "window", maximum=h)
+    ww = check_int(wins[1], "window", maximum=w)
+    # a stride beyond the image just gives one window per axis (the default 8 on a tiny image)
+    stride = check_int(stride, "stride")
+    return (wh if np.isscalar(window) else (wh, ww)), stride
+
+
 def _class_output(model, traits: ModelTraits, mask: torch.Tensor | None, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """x -> (B, H, W) probability of class k (binary: 1 = foreground, RFNA-reversed)."""
 
@@ -153,10 +168,16 @@ def saliency(
     from ..devices import resolve_device
 
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+        raise InputError(f"unknown method {method!r}; use one of {METHODS}")
+    if baseline not in BASELINES:
+        raise InputError(f"unknown baseline {baseline!r}; use one of {BASELINES}")
+    n_steps = check_int(n_steps, "n_steps")  # captum asserts on 0 / negative
+    window_batch = check_int(window_batch, "window_batch")
+    if internal_batch_size is not None:
+        internal_batch_size = check_int(internal_batch_size, "internal_batch_size")
     t0 = time.perf_counter()
     traits = model_traits(model)
-    layout, raw, stack = prepare_stack(traits, image, channel_axis=channel_axis)
+    layout, raw, stack = prepare_stack(traits, image, channel_axis=channel_axis, model=model)
     classes = [int(target_class)] if np.isscalar(target_class) else [int(k) for k in target_class]
     for k in classes:
         if not 0 <= k < traits.num_classes:
@@ -173,6 +194,8 @@ def saliency(
         m = torch.from_numpy(ms.astype(np.float32))[:, None].to(dev)
     if window is None:
         window = int(getattr(model, "stride", 1)) if int(getattr(model, "stride", 1)) > 1 else 8
+        window = min(window, h, w)  # the default shrinks to a small image; an explicit one is checked
+    window, stride = _check_windows(window, stride, (h, w))
     wins = window_grid((h, w), window, stride)
     cov = torch.from_numpy(coverage((h, w), wins)).to(dev)
     base = _baseline(x, baseline, blur_sigma)

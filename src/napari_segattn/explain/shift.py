@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -98,6 +99,24 @@ class ShiftResult:
         return path
 
 
+def _check_maps(a: np.ndarray, b: np.ndarray, labels, classes) -> None:
+    """NaN/inf maps are refused; an all-zero map (nothing attributed) is a warning, because its
+    rows are NaN (no mass to share out, no centroid) and used to come back without a word."""
+    from ..data.errors import SegattnWarning
+    from ..inference.layout import InputError
+
+    for lab, st in zip(labels, (a, b)):
+        bad = ~np.isfinite(st)
+        if bad.any():
+            raise InputError(f"saliency map {lab!r} holds {int(bad.sum())} NaN/inf value(s); recompute it "
+                             "(a model with non-finite output cannot be explained)")
+        for k, m in zip(classes, st):
+            if not np.abs(m).sum():
+                warnings.warn(f"saliency map {lab!r} of class {k} is all zero: its region shares, centroid and "
+                              "shift are NaN (nothing was attributed; check the class and the baseline)",
+                              SegattnWarning, stacklevel=3)
+
+
 def _as_stack(m) -> tuple[np.ndarray, list[int] | None]:
     if hasattr(m, "target_classes") and hasattr(m, "map"):  # a SaliencyMap
         return np.asarray(m.map), list(m.target_classes)
@@ -136,6 +155,7 @@ def attention_shift(
     def name(i: int) -> str:
         return str(class_names[i]) if class_names is not None and 0 <= i < len(class_names) else str(i)
 
+    _check_maps(a, b, labels, [name(k) for k in class_ids])
     mass_a = np.stack([saliency_mass(m, gt, region_ids) for m in a])
     mass_b = np.stack([saliency_mass(m, gt, region_ids) for m in b])
     cen_a = np.stack([saliency_centroid(m) for m in a])

@@ -45,25 +45,22 @@ class ImageFile:
 
 
 def read_image(path: str | Path) -> ImageFile:
+    """Read with ``data.io`` (the reader training uses), so a truncated, empty or mislabelled
+    file is one :class:`~napari_segattn.data.DataError` naming it, for every command."""
+    from ..data import io as dio
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     suf = matching_suffix(path)
     if suf in NIFTI:
-        import nibabel as nib
-
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        data, img = dio.load_nifti(path)
         zooms = tuple(float(z) for z in img.header.get_zooms()[: min(3, data.ndim)])
         return ImageFile(data, path, "nifti", zooms, {"affine": img.affine.copy(), "header": img.header.copy()})
     if suf in TIFF:
-        import tifffile
-
-        return ImageFile(np.asarray(tifffile.imread(str(path))), path, "tiff")
+        return ImageFile(dio.read_image(path), path, "tiff")
     if suf in RASTER:
-        import imageio.v3 as iio
-
-        return ImageFile(np.asarray(iio.imread(str(path))), path, "raster")
+        return ImageFile(dio.read_image(path), path, "raster")
     raise ValueError(f"{path.name}: unsupported file type {suf!r}; use NIfTI (.nii/.nii.gz), TIFF or PNG")
 
 

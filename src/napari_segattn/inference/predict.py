@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
+from .checks import check_finite_output, check_image_size, check_int, check_threshold
 from .layout import InputError, Layout
 from .masks import binarize, initial_masks
 from .traits import ModelTraits, model_traits, normalize_image, to_probabilities
@@ -94,8 +95,11 @@ def prepare_stack(
     *,
     channel_axis: int | None = None,
     slice_axis: int | None = None,
+    model: torch.nn.Module | None = None,
 ) -> tuple[Layout, np.ndarray, np.ndarray]:
-    """Validate and reshape: returns the layout, the raw and the normalised ``(Z, C, H, W)``."""
+    """Validate and reshape: returns the layout, the raw and the normalised ``(Z, C, H, W)``.
+
+    With ``model``, slices smaller than it takes are refused here (``check_image_size``)."""
     image = np.asarray(image)
     if image.dtype == bool:
         image = image.astype(np.float32)
@@ -103,6 +107,11 @@ def prepare_stack(
         raise InputError(f"cannot predict on an array of dtype {image.dtype}")
     layout = Layout.infer(image.shape, channel_axis=channel_axis, slice_axis=slice_axis,
                           in_channels=traits.in_channels)
+    if model is not None:
+        sp = list(layout.spatial_shape)
+        if layout.is_volume:
+            sp.pop(layout.slice_pos)
+        check_image_size(model, tuple(sp))
     _check_finite(image)
     # the raw stack keeps its dtype: FANet's Otsu mask reads uint8 files as they are
     raw_cf = layout.channels_first(image)
@@ -300,7 +309,11 @@ def iter_predict(
     """
     t0 = time.perf_counter()
     traits = model_traits(model)
-    layout, raw, stack = prepare_stack(traits, image, channel_axis=channel_axis, slice_axis=slice_axis)
+    batch_size = check_int(batch_size, "batch_size")
+    if traits.binary:
+        threshold = check_threshold(threshold)
+    layout, raw, stack = prepare_stack(traits, image, channel_axis=channel_axis, slice_axis=slice_axis,
+                                       model=model)
     masks, mask_source = None, None
     if traits.takes_mask:
         if mask is None or isinstance(mask, str):
@@ -321,6 +334,7 @@ def iter_predict(
                                      amp=amp, cancel=cancel):
             probs[done - out.shape[0]:done] = out
             yield PredictProgress(done, n)
+    check_finite_output(probs, traits.name)
     probabilities = layout.from_stack(probs)
     if traits.binary:
         labels = binarize(probabilities[0], threshold)

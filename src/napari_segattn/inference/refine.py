@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
+from .checks import check_finite_output, check_int, check_threshold
 from .layout import InputError
 from .masks import binarize, initial_masks
 from .predict import Cancelled, _eval_on, prepare_stack, run_batches, use_channels_last
@@ -101,7 +102,7 @@ class FANetRefiner:
         if not self.traits.binary:
             raise InputError("the FANet refiner needs a one-logit (binary) model")
         self.layout, self._raw, self._stack = prepare_stack(self.traits, image, channel_axis=channel_axis,
-                                                            slice_axis=slice_axis)
+                                                            slice_axis=slice_axis, model=model)
         if isinstance(init, str):
             init_stack = initial_masks(self._raw, init)
         else:
@@ -109,9 +110,9 @@ class FANetRefiner:
         self.init = init if isinstance(init, str) else "array"
         self.initial_mask = self.layout.spatial_from_stack(init_stack)
         self.device = resolve_device(device)
-        self.batch_size = batch_size
+        self.batch_size = check_int(batch_size, "batch_size")
         self.amp = amp
-        self.threshold = threshold
+        self.threshold = check_threshold(threshold)
         self.spacing = spacing
         self.metrics_per_slice = metrics_per_slice
         self.ground_truth = None
@@ -196,6 +197,7 @@ class FANetRefiner:
             for done, out in run_batches(net, self.traits, self._stack, masks, batch_size=self.batch_size,
                                          device=self.device, amp=self.amp, cancel=cancel):
                 probs[done - out.shape[0]:done] = out[:, 0]
+        check_finite_output(probs, self.traits.name)
         p = self.layout.spatial_from_stack(probs)
         mask = binarize(p, self.threshold)
         has_edit = bool(self._edit.any())
@@ -226,6 +228,7 @@ class FANetRefiner:
     ) -> Iterator[IterationResult]:
         """Generator: up to ``max_iters`` more steps, yielding each; stops once the changed
         fraction is ``<= tol`` (``tol=None``: never, as released test.py). Returns the history."""
+        max_iters = check_int(max_iters, "max_iters")  # 0 / negative returned [] silently
         for _ in range(max_iters):
             if cancel is not None and cancel():
                 raise Cancelled("refinement cancelled")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,6 +32,9 @@ class SegmentationModel(nn.Module):
 
     #: total downsampling factor; inputs are padded to a multiple of it
     stride: int = 1
+    #: downsampling at the deepest per-sample normalisation (InstanceNorm), which needs at least
+    #: 2 pixels there; None: no such layer, any size >= 1 x 1 runs (BatchNorm models in eval)
+    norm_stride: int | None = None
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -48,6 +53,23 @@ class SegmentationModel(nn.Module):
                 f"{type(self).__name__} was built for {self.in_channels} input channel(s); "
                 f"got {x.shape[1]} (shape {tuple(x.shape)})"
             )
+        problem = self.size_problem(int(x.shape[-2]), int(x.shape[-1]))
+        if problem:
+            raise ValueError(problem)
+
+    def size_problem(self, h: int, w: int) -> str | None:
+        """Why an ``h x w`` input is too small for this model (None: it runs). Stated up front so
+        a tiny image gets this sentence instead of a torch padding/InstanceNorm error."""
+        cfg = getattr(self, "segattn_config", None)
+        name = repr(cfg["name"]) if isinstance(cfg, dict) and "name" in cfg else type(self).__name__
+        if h < 1 or w < 1:
+            return f"the image is {h}x{w}; {name} needs at least 1x1 pixels"
+        s = self.norm_stride
+        if s and math.ceil(h / s) * math.ceil(w / s) < 2:
+            return (f"the image is {h}x{w}, too small for {name}: its deepest InstanceNorm sees the image "
+                    f"downsampled {s}x and needs 2 pixels there, i.e. ceil(H/{s}) * ceil(W/{s}) >= 2 "
+                    f"(smallest square {s + 1}x{s + 1}); use a larger image or pad it")
+        return None
 
     def forward(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

@@ -186,8 +186,9 @@ class FANet(SegmentationModel):
         mask_input: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels)
-        if width < 2 or width % 2:
-            raise ValueError(f"width must be an even number >= 2; got {width}")
+        if width < 4 or width % 2:
+            # width 2 gives the last MixPool 1 channel, halved to a 0-channel conv
+            raise ValueError(f"width must be an even number >= 4; got {width}")
         if mask_grad not in MASK_GRAD_MODES:
             raise ValueError(f"mask_grad must be one of {MASK_GRAD_MODES}; got {mask_grad!r}")
         at = _mixpool_at(mixpool)

@@ -51,7 +51,7 @@ def save_model(
 
     path = Path(path)
     if path.suffix != ".safetensors":
-        raise ValueError(f"model files end in .safetensors, got {path.name!r}")
+        raise CheckpointError(f"model files end in .safetensors, got {path.name!r}")
     cfg = model_config(model)
     payload = {
         "format": FORMAT,
@@ -65,10 +65,30 @@ def save_model(
     text = json.dumps(payload, indent=2, sort_keys=True)
     # safetensors refuses shared storage; clone to contiguous independent tensors
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={_META_KEY: text}))
-    _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={_META_KEY: text}))
+        _atomic_write(sidecar_path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+    except Exception as exc:  # OSError, or safetensors' own SafetensorError for a full disk
+        raise CheckpointError(_write_failure(path, exc, state, existed)) from None
     return path
+
+
+def _write_failure(path: Path, exc: Exception, state: dict[str, torch.Tensor], existed: bool) -> str:
+    """One sentence: where, why, how much space it needs, and that nothing was half-replaced
+    (the write goes to a temporary file renamed into place, so the old file is untouched)."""
+    import shutil
+
+    need = sum(t.numel() * t.element_size() for t in state.values())
+    where = next((p for p in [path.parent, *path.parent.parents] if p.exists()), path.parent)
+    try:
+        free = f", {shutil.disk_usage(where).free / 2**20:.1f} MiB free on {where}"
+    except OSError:
+        free = ""
+    kept = f"the previous {path.name} is intact" if existed else "nothing was written"
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return f"cannot write {path}: {reason} (it needs about {need / 2**20:.1f} MiB{free}); {kept}"
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -118,36 +138,105 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the model recorded in the checkpoint and load its weights (strictly)."""
+    """Rebuild the model recorded in the checkpoint and load its weights (strictly).
+
+    Before any weight is allocated, the config is checked (model name, options, normalisation)
+    and the architecture is built on torch's ``meta`` device: its tensor shapes are compared
+    with the file's header and its size with the free memory, so an absurd config is refused
+    in words instead of a ``DefaultCPUAllocator`` error. Non-finite weights are refused by name.
+    """
     from safetensors.torch import load_file
 
+    from ..devices import resolve_device
+
+    device = resolve_device(map_location)  # DeviceError in words ("banana" was a SafetensorError)
     payload = read_checkpoint_config(path)
+    fname = Path(path).name
     name = payload.get("model")
     try:
         get_spec(name)
     except KeyError as exc:
-        raise CheckpointError(f"{Path(path).name}: {exc.args[0]}") from None
+        raise CheckpointError(f"{fname}: {exc.args[0]}") from None
+    config = payload.get("config", {})
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{fname}: its config must be a JSON object of model options, got {config!r}")
+    _check_normalization(fname, payload.get("normalization"))
     try:
-        model = build_model(name, **payload.get("config", {}))
+        with torch.device("meta"):
+            skeleton = build_model(name, **config)
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{Path(path).name}: its config cannot build {name!r}: {exc}") from None
-    state = load_file(str(path), device=str(map_location))
-    _check_state_matches(Path(path).name, name, model, state)
+        raise CheckpointError(f"{fname}: its config cannot build {name!r}: {exc}") from None
+    _check_state_matches(fname, name, skeleton, _file_shapes(path))
+    _check_memory(fname, name, config, skeleton)
+    model = build_model(name, **config)
+    state = load_file(str(path), device="cpu")
+    _check_finite(fname, state)
     model.load_state_dict(state, strict=True)
     model.segattn_normalization = payload.get("normalization")
     model.segattn_class_names = payload.get("class_names")
     model.segattn_checkpoint = payload
-    return model.to(map_location)
+    return model.to(device)
 
 
-def _check_state_matches(fname: str, name: str, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
+def _file_shapes(path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from the safetensors header (no data read)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def _check_normalization(fname: str, norm) -> None:
+    if norm is None:
+        return
+    from ..data import DataError, Normalization
+
+    try:
+        Normalization.from_dict(norm)
+    except (DataError, TypeError) as exc:
+        raise CheckpointError(f"{fname}: its normalisation {norm!r} is not usable: {exc}") from None
+
+
+def _check_memory(fname: str, name: str, config: dict, skeleton: nn.Module) -> None:
+    """Refuse a model whose weights alone exceed the free memory (estimate from the meta build)."""
+    need = sum(t.numel() * t.element_size() for t in skeleton.state_dict().values())
+    try:
+        import psutil
+
+        free = psutil.virtual_memory().available
+    except Exception:  # psutil missing or no memory info: skip the estimate
+        return
+    if need > free:
+        raise CheckpointError(
+            f"{fname}: its config {name!r} {config} needs {need / 2**30:.1f} GiB for the weights alone but "
+            f"{free / 2**30:.1f} GiB are free; the config is wrong or the model is too large for this machine"
+        )
+
+
+def _check_finite(fname: str, state: dict[str, torch.Tensor]) -> None:
+    """NaN/inf weights (a diverged run) gave an all-zero mask and exit 0; refuse them by name."""
+    bad = []
+    for k, v in state.items():
+        if v.is_floating_point():
+            n = int((~torch.isfinite(v)).sum())
+            if n:
+                bad.append(f"{k} ({n} of {v.numel()})")
+    if bad:
+        raise CheckpointError(
+            f"{fname}: {len(bad)} tensor(s) hold NaN/inf weights, e.g. {', '.join(bad[:3])}; the training "
+            "diverged or the file is damaged: use an earlier checkpoint (e.g. the run's model.safetensors "
+            "rather than last/) or retrain with a smaller --lr"
+        )
+
+
+def _check_state_matches(fname: str, name: str, model: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
     wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(state))
-        if tuple(state[k].shape) != tuple(expected[k].shape)
+        f"{k}: file {shapes[k]} vs model {expected[k]}"
+        for k in sorted(set(expected) & set(shapes))
+        if tuple(shapes[k]) != expected[k]
     ]
     if missing or unexpected or wrong:
         parts = []

@@ -78,6 +78,13 @@ def write_state_dir(out_dir: Path, write_files: Callable[[Path], None], name: st
     tmp.mkdir(parents=True)
     try:
         write_files(tmp)
+    except Exception as exc:  # a full disk (OSError, SafetensorError, our CheckpointError): say what is kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        from ..models.io import CheckpointError
+
+        kept = f"the previous {final} is intact" if final.exists() or old.exists() else "no resume checkpoint yet"
+        reason = str(exc).removesuffix("; nothing was written")  # that was about the temporary copy
+        raise CheckpointError(f"cannot write the resume checkpoint {final}: {reason}; {kept}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -30,6 +30,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from ..data.errors import SegattnWarning
 from ..devices import resolve_device
 from ..inference.predict import use_channels_last
 from ..inference.traits import model_traits
@@ -37,6 +38,7 @@ from . import checkpoint as ckpt
 from .events import Cancelled, Checkpoint, EpochStart, Event, Finished, Step, Validation
 from .losses import build_loss
 from .mask_store import MaskStore
+from .health import DivergenceWatch
 from .recipes import TrainConfig, recipe_for
 
 __all__ = ["Trainer", "TrainingError"]
@@ -121,6 +123,10 @@ class Trainer:
         cfg = self.config
         self._setup()
         start_epoch = self._maybe_resume()
+        if self.resume and start_epoch >= cfg.epochs:
+            warnings.warn(f"resume: the run in {self.out_dir} already finished its {cfg.epochs} epoch(s); nothing "
+                          f"left to train (pass a larger epochs / --epochs to continue it)", SegattnWarning, stacklevel=2)
+        watch = DivergenceWatch(self.model, cfg.lr, f"try a smaller --lr / lr (this run: {cfg.lr:g})")
         steps = len(self.loader)
         total_steps = max(1, (cfg.epochs - start_epoch) * steps)
         done = 0
@@ -136,13 +142,20 @@ class Trainer:
                     return
                 lr = self._lr()
                 loss = self._train_step(batch, epoch, step, steps)
+                watch.step(loss, epoch, step)
                 done += 1
                 eta = (time.perf_counter() - t0) / done * (total_steps - done)
                 yield self._emit(Step(epoch, step, loss, lr, eta, steps))
             if self._cancel.is_set():
                 yield self._emit(Cancelled(epoch, steps, self.last_checkpoint))
                 return
+            watch.epoch_end(epoch)
             yield from self._end_epoch(epoch)
+            if cfg.max_minutes and epoch + 1 < cfg.epochs and time.perf_counter() - t0 >= 60 * cfg.max_minutes:
+                warnings.warn(f"time budget of {cfg.max_minutes:g} min reached after epoch {epoch + 1} of {cfg.epochs}; "
+                              "stopping with the checkpoints saved (resume continues the run)", SegattnWarning,
+                              stacklevel=2)
+                break
         yield self._emit(Finished(cfg.epochs, self.best_epoch, self.best_score, self.model_path))
 
     # -- set-up ---------------------------------------------------------------------------
@@ -461,6 +474,8 @@ class Trainer:
             return 0
         d = ckpt.find_state_dir(self.out_dir)
         if d is None:
+            warnings.warn(f"resume: {self.out_dir} has no complete last/ checkpoint; training starts from scratch",
+                          SegattnWarning, stacklevel=3)
             return 0
         from safetensors.torch import load_file
 
@@ -508,6 +523,7 @@ def _describe_data(train_ds, val_ds) -> dict[str, Any]:
         "examples": names[:3],
         "channels": getattr(train_ds, "num_channels", None),
         "classes": getattr(train_ds, "num_classes", None),
+        "binarize": getattr(train_ds, "binarize", None),  # labels > T were foreground (None: not binarised)
     }
 
 

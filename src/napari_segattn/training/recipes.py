@@ -57,6 +57,7 @@ class TrainConfig:
     select_on: str = "val_loss"
     select_class: int | None = None
     # run
+    max_minutes: float | None = None  # time budget: stop after the epoch that passes it (saved, resumable)
     seed: int = 0
     amp: str = "auto"  # auto (bf16/fp16 on CUDA, off elsewhere) | bf16 (also CPU) | fp16 | off
     channels_last: bool = True  # on CUDA; on CPU only for models measured faster (FANet)
@@ -84,11 +85,27 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.correction_prob={self.correction_prob!r}; choose a value in [0, 1]")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.milestones is not None and any(m < 1 for m in self.milestones):
+            raise ValueError(f"milestones {list(self.milestones)}: each must be >= 1 (a milestone at epoch 0 lowers "
+                             "the learning rate before the first step)")
+        if not (self.lr > 0 and self.lr < float("inf")):
+            raise ValueError(f"lr must be a number > 0, got {self.lr}")
 
     def resolved_milestones(self) -> list[int]:
+        """The MultiStepLR milestones, inside the run: the derived E/2, 3E/4 drop any that fall on
+        epoch 0 (with ``epochs=1`` both did, and the run trained at lr * gamma^2 from the first
+        step, 1e-4 instead of the recipe's 1e-2); explicit ones past the run are warned about."""
         if self.milestones is not None:
+            late = [m for m in self.milestones if m >= self.epochs]
+            if late:
+                import warnings
+
+                from ..data.errors import SegattnWarning
+
+                warnings.warn(f"lr milestone(s) {late} are at or past the last epoch ({self.epochs - 1}) and never "
+                              "lower the learning rate", SegattnWarning, stacklevel=2)
             return list(self.milestones)
-        return [self.epochs // 2, 3 * self.epochs // 4]
+        return [m for m in (self.epochs // 2, 3 * self.epochs // 4) if m >= 1]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

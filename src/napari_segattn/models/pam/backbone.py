@@ -48,6 +48,8 @@ class PAMUNet(SegmentationModel):
     """
 
     stride = 8
+    #: the bridge's InstanceNorm runs at 1/8; RFNA's branch goes deeper (set by its builder)
+    norm_stride = 8
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ _IO = {"in_channels": 4, "out_channels": 1}
 #: "paper": Eq. 2 / Fig. 3 (downsampling + bilinear upsampling on F); "released": the FN block
 #: of the authors' code (spec 1.3)
 RFNA_VARIANTS = ("paper", "released")
+RELEASED_RFNA_NORM_STRIDE = 8
 
 
 @register_model(
@@ -149,4 +150,8 @@ def rfna(
         block = partial(ReleasedFalseNegativeAttention, expansion=expansion)
     else:
         raise ValueError(f"RFNA variant must be one of {RFNA_VARIANTS}, got {variant!r}")
-    return PAMUNet(in_channels, out_channels, width, encoder_block=block, bridge_block=block)
+    net = PAMUNet(in_channels, out_channels, width, encoder_block=block, bridge_block=block)
+    # the attention branch downsamples the 1/8 features further; its last InstanceNorm runs
+    # at 1/(8 * upsample / 2) (paper variant; measured for each, tests/models/test_min_size.py)
+    net.norm_stride = 4 * upsample if variant == "paper" else RELEASED_RFNA_NORM_STRIDE
+    return net
