@@ -97,8 +97,9 @@ def _check_finite(image) -> None:
     if is_lazy(image):
         import dask.array as da
 
-        arr = image if isinstance(image, da.Array) else da.from_array(image)
-        n = int((~da.isfinite(arr)).sum().compute())  # chunk by chunk
+        from .tiling import as_dask
+
+        n = int((~da.isfinite(as_dask(image))).sum().compute())  # chunk by chunk
     else:
         n = 0 if np.isfinite(image).all() else int((~np.isfinite(image)).sum())
     if n:
