@@ -229,7 +229,8 @@ def iter_predict_to_zarr(
     hw, n = source.hw, layout.n_slices
     dev = resolve_device(device)
     per_forward = 1 if dev.type == "cpu" else batch_size
-    window = choose_window(hw, model_name=traits.name, tile=tile, memory_budget=memory_budget, per_forward=per_forward)
+    window = choose_window(hw, model_name=traits.name, tile=tile, memory_budget=memory_budget, per_forward=per_forward,
+                           overlap=overlap)
     chunk_hw = _pair_of(chunk or DEFAULT_CHUNK, hw, "chunk")
     if window is None:
         block_hw = hw  # the whole slice runs at once: one block per slice

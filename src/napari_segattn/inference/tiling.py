@@ -112,6 +112,7 @@ def choose_window(
     tile: int | Sequence[int] | str | None = "auto",
     memory_budget: int | str | None = None,
     per_forward: int = 1,
+    overlap: float = DEFAULT_OVERLAP,
 ) -> tuple[int, int] | None:
     """The window ``(h, w)`` for slices of size ``hw``, or None for whole-slice inference.
 
@@ -133,7 +134,7 @@ def choose_window(
             raise InputError(f"memory budget {budget / 2**20:.0f} MiB allows only windows below "
                              f"{MIN_AUTO_WINDOW}x{MIN_AUTO_WINDOW} for {model_name or 'this model'}; "
                              f"give at least {math.ceil(need / 2**20)} MiB")
-        return min(side, h), min(side, w)
+        return _fitted(h, side, overlap), _fitted(w, side, overlap)
     th, tw = _pair(tile)
     if th < 1 or tw < 1:
         raise InputError(f"tile must be >= 1 pixel, got {th}x{tw}")
@@ -141,6 +142,16 @@ def choose_window(
         raise InputError(f"window {th}x{tw} is larger than the image slice {h}x{w}; use a smaller tile "
                          "or tile=0 (whole image)")
     return th, tw
+
+
+def _fitted(n: int, side: int, overlap: float) -> int:
+    """The smallest window (multiple of 32, <= side) covering ``n`` pixels with as few windows
+    at ``overlap`` as windows of ``side`` would need."""
+    if n <= side:
+        return n
+    count = math.ceil((n - overlap * side) / ((1 - overlap) * side))
+    need = math.ceil(n / (count - (count - 1) * overlap))
+    return min(side, n, math.ceil(need / WINDOW_MULTIPLE) * WINDOW_MULTIPLE)
 
 
 def _scan_interval(image: Sequence[int], window: Sequence[int], overlap: float) -> tuple[int, ...]:
@@ -439,7 +450,7 @@ def iter_stack_probabilities(
     k = 1 if traits.binary else traits.out_channels
     per_forward = 1 if getattr(device, "type", "cpu") == "cpu" else batch_size
     window = choose_window(hw, model_name=traits.name, tile=tile, memory_budget=memory_budget,
-                           per_forward=per_forward)
+                           per_forward=per_forward, overlap=overlap)
     cl = use_channels_last(traits, device)
     probs = np.empty((n, k, *hw), np.float32)
     with _eval_on(model, device, cl, fold=True) as net:
