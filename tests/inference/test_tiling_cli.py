@@ -106,3 +106,27 @@ def test_progress_bar_shows_windows_per_second_and_eta():
             bar(TileProgress(done, 9))
     text = f.getvalue()
     assert "9/9" in text and "windows/s" in text and "<" in text  # tqdm's elapsed<remaining
+
+
+def test_scheduler_runs_the_blocks_on_a_cluster(tmp_path, local_ckpt, capsys):
+    distributed = pytest.importorskip("distributed")
+    ck, m = local_ckpt
+    img = blobs((64, 96), seed=5)
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    out = tmp_path / "out.zarr"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cl:
+        assert main(["predict", ck, str(tmp_path / "img.tif"), "--out", str(out), "--tile", "32", "--chunk", "32",
+                     "--block", "32", "--device", "cpu", "--scheduler", cl.scheduler_address]) == 0
+    g = zarr.open_group(str(out), mode="r")
+    assert g["done"][:].all() and g["done"].shape == (1, 6)
+    np.testing.assert_array_equal(g["probabilities"][:], predict(m, img, device="cpu", tile=32).probabilities)
+
+
+def test_unreachable_scheduler_is_one_line(tmp_path, local_ckpt, capsys):
+    pytest.importorskip("distributed")
+    tifffile.imwrite(tmp_path / "img.tif", blobs((64, 96)))
+    assert main(["predict", local_ckpt[0], str(tmp_path / "img.tif"), "--out", str(tmp_path / "o.zarr"),
+                 "--scheduler", "tcp://127.0.0.1:9", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("segattn predict: error: cannot reach the dask scheduler at tcp://127.0.0.1:9")
+    assert len(err.splitlines()) == 1

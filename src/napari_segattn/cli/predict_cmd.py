@@ -214,7 +214,7 @@ def _run_zarr(args, model, traits, f, data, c, s, tiling) -> int:
         try:
             from distributed import Client
 
-            client = Client(args.scheduler, timeout="10s")
+            client = Client(args.scheduler, timeout="3s")
         except (OSError, TimeoutError, ValueError) as exc:
             raise CLIError(f"cannot reach the dask scheduler at {args.scheduler}: {exc}") from None
     try:

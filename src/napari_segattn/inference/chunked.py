@@ -272,9 +272,7 @@ def iter_predict_to_zarr(
     path = Path(out)
     store = _open_store(path, _fingerprint(model, meta), meta, shapes, overwrite)
     done = np.asarray(store["done"][:])
-    if source.norm is not None:
-        for z in range(n):  # whole-slice / whole-volume statistics once, before the blocks
-            source._statistics(z)
+    source.prepare()  # whole-slice / whole-volume statistics once, before the blocks
     grid = None if window is None else make_grid(hw, window, overlap)
     job = _Job(model, traits, source, masks, grid, hw, layout, str(path), k, threshold, str(dev), amp, batch_size,
                probabilities)

@@ -278,6 +278,14 @@ class RawWindows:
         c = self.layout.channel_axis - (1 if self.layout.is_volume and self.layout.slice_axis < self.layout.channel_axis else 0)
         return np.moveaxis(win, c, 0)
 
+    def prepare(self) -> "RawWindows":
+        """Compute the normalisation statistics now (before windows are read, or before this
+        object is sent to dask workers, so each worker does not reduce the image again)."""
+        if self.norm is not None:
+            for z in range(self.n_slices):
+                self._statistics(z)
+        return self
+
     def _statistics(self, z: int):
         key = z if (self.layout.is_volume and self.norm.per == "image") else None
         if key not in self._stats:

@@ -190,8 +190,7 @@ class PredictRefineWidget(Container):
         import dask.array as da
 
         g = res.open()
-        geom = {"scale": inp.scale[-len(inp.layer_shape) if inp.slice_index is None else -2:],
-                "translate": inp.translate[-len(inp.layer_shape) if inp.slice_index is None else -2:]}
+        geom = self._spatial_geometry(inp)  # the chosen level's grid (inp.scale includes its downsampling)
         meta = {"zarr_store": str(res.path)}
         upsert_layer(self.viewer, "labels", da.from_zarr(g["labels"]), "prediction", opacity=0.5, metadata=meta,
                      **geom)
