@@ -27,6 +27,7 @@ ROWS = {
     "volume": "benchmarks.volume_row",
     "train_step": "benchmarks.train_row",
     "rle": "benchmarks.rle_row",
+    "tiling": "benchmarks.tiling_row",
 }
 
 

@@ -84,3 +84,15 @@ def test_rle_row_counts_bytes_independently(tmp_path, shared_data):
                    for m in masks)
         itemsize = np.dtype(v["run_dtype"]).itemsize
         assert v["bytes"] == 2 * itemsize * runs and v["dense_bytes"] == sum(m.size for m in masks)
+
+
+def test_tiling_row_measures_each_point_in_its_own_process():
+    opts = {"tiling": {"models": ["unet"], "sizes": [96], "whole_max": 96, "agree_max": 96,
+                       "memory_budget": "8M", "batch_size": 2}}
+    r = run_row("tiling", quick=True, device="cpu", options=opts)
+    whole, tiled = r["variants"]
+    assert "error" not in whole and "error" not in tiled
+    assert whole["peak_rss_mb"] > 0 and tiled["peak_rss_mb"] > 0 and tiled["seconds"] > 0
+    # 8 MiB / 1440 B/px -> 64² windows over 96², 2 x 2 of them; agreement with the whole image measured
+    assert tiled["window"] == [64, 64] and tiled["windows"] == 4
+    assert 0.0 <= tiled["vs_whole_dice"] <= 1.0 and tiled["vs_whole_max_abs_prob_diff"] >= 0.0

@@ -11,7 +11,37 @@ import sys
 from pathlib import Path
 
 from . import CLIError
-from .argtypes import POSITIVE_INT
+from .argtypes import NONNEGATIVE_INT, POSITIVE_INT
+
+
+def add_tiling(p) -> None:
+    """--tile / --overlap / --memory-budget, shared by the commands that predict."""
+    p.add_argument("--tile", default="auto", metavar="N|HxW|auto|0",
+                   help="sliding-window size; auto (default): whole slices that fit --memory-budget, windows "
+                        "otherwise; 0: always whole")
+    p.add_argument("--overlap", type=float, default=0.25, help="window overlap in [0, 1) (default 0.25)")
+    p.add_argument("--memory-budget", default=None, metavar="BYTES",
+                   help="activation memory one forward pass may use, e.g. 800M, 4G (default 1G)")
+
+
+def tiling_args(args) -> dict:
+    """``tile``/``overlap``/``memory_budget`` for the core from the parsed flags."""
+    t = str(args.tile).lower()
+    if t == "auto":
+        tile = "auto"
+    else:
+        try:
+            parts = [int(v) for v in t.split("x")]
+        except ValueError:
+            raise CLIError(f"--tile {args.tile!r}: give auto, 0, a size (512) or HxW (512x256)") from None
+        if len(parts) not in (1, 2):
+            raise CLIError(f"--tile {args.tile!r}: give auto, 0, a size (512) or HxW (512x256)")
+        tile = parts[0] if len(parts) == 1 else tuple(parts)
+    from ..inference.tiling import parse_bytes
+
+    with user_errors():
+        budget = parse_bytes(args.memory_budget)
+    return {"tile": tile, "overlap": args.overlap, "memory_budget": budget}
 
 
 def add_common(p, *, device=True) -> None:
@@ -25,9 +55,19 @@ def add_common(p, *, device=True) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment an image or volume with a checkpoint")
     p.add_argument("checkpoint", help="model file (.safetensors)")
-    p.add_argument("image", help="image or volume (.nii/.nii.gz, .tif, .png)")
-    p.add_argument("--out", required=True, help="label file to write (.nii.gz keeps the input's header; .tif; .png)")
+    p.add_argument("image", help="image or volume (.nii/.nii.gz, .tif, .png; .zarr / OME-Zarr, read window by window)")
+    p.add_argument("--out", required=True,
+                   help="label file to write (.nii.gz keeps the input's header; .tif; .png); a .zarr store is "
+                        "written block by block, with the probabilities and resumable (docs/large-images.md)")
     p.add_argument("--probabilities", default=None, help="also write the probabilities (.tif/.nii.gz, float32)")
+    add_tiling(p)
+    p.add_argument("--level", type=NONNEGATIVE_INT, default=0, help="OME-Zarr input: the resolution level to predict on (0 = full)")
+    p.add_argument("--chunk", type=POSITIVE_INT, default=None, help="zarr output: in-plane chunk size (default 512)")
+    p.add_argument("--block", type=POSITIVE_INT, default=None,
+                   help="zarr output: in-plane size of one unit of work, a multiple of --chunk (default 2048)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="zarr output: run the blocks as tasks on this dask.distributed scheduler "
+                        "(e.g. tcp://host:8786); the workers must see the input and the output path")
     p.add_argument("--iterations", type=POSITIVE_INT, default=None,
                    help="FANet: feedback iterations from the Otsu mask (default 10, as released test.py)")
     p.add_argument("--init", default="otsu", choices=["otsu", "empty", "full"],
@@ -73,13 +113,13 @@ def load_cli_model(path: str):
         return load_model(str(p), map_location="cpu")
 
 
-def read_cli_image(path: str, model, channel_axis=None, slice_axis=None):
-    """``(ImageFile, data, channel_axis, slice_axis)`` for this model."""
+def read_cli_image(path: str, model, channel_axis=None, slice_axis=None, level: int = 0):
+    """``(ImageFile, data, channel_axis, slice_axis)`` for this model (zarr data stays lazy)."""
     from ..inference.files import guess_axes, read_image
 
     with user_errors():
         try:
-            f = read_image(path)
+            f = read_image(path, level)
             data, c, s = guess_axes(f, int(getattr(model, "in_channels", 1)), channel_axis, slice_axis)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
@@ -103,28 +143,40 @@ def progress_printer(label: str):
 
 def run(args) -> int:
     from ..inference import FANetRefiner, model_traits, predict
-    from ..inference.files import write_array
+    from ..inference.files import matching_suffix, write_array
+    from .progress import ProgressBar
 
-    refuse_existing([args.out, args.probabilities], args.overwrite)
+    to_zarr = matching_suffix(args.out) == ".zarr"
+    if not to_zarr:
+        refuse_existing([args.out, args.probabilities], args.overwrite)
+        for flag in ("scheduler", "chunk", "block"):
+            if getattr(args, flag) is not None:
+                raise CLIError(f"--{flag} is for zarr output (--out something.zarr)")
+    tiling = tiling_args(args)
     model = load_cli_model(args.checkpoint)
     traits = model_traits(model)
-    f, data, c, s = read_cli_image(args.image, model, args.channel_axis, args.slice_axis)
+    f, data, c, s = read_cli_image(args.image, model, args.channel_axis, args.slice_axis, args.level)
     if args.iterations is not None and not traits.takes_mask:
         raise CLIError(f"--iterations is for FANet-style models; {traits.name!r} takes no feedback mask")
+    if to_zarr:
+        return _run_zarr(args, model, traits, f, data, c, s, tiling)
     with user_errors():
         if traits.takes_mask:
             n = 10 if args.iterations is None else args.iterations
             if n < 1:
                 raise CLIError("--iterations must be >= 1")
             ref = FANetRefiner(model, data, init=args.init, channel_axis=c, slice_axis=s, device=args.device,
-                               batch_size=args.batch_size, amp=_amp(args))
-            last = ref.run(max_iters=n, tol=None)[-1]
+                               batch_size=args.batch_size, amp=_amp(args), **tiling)
+            with ProgressBar("FANet iterations") as bar:
+                last = None
+                for i, last in enumerate(ref.iter_run(max_iters=n, tol=None), 1):
+                    bar(_Iter(i, n))
             labels, probs = last.mask, last.probabilities[None]
             print(f"FANet: {n} iteration(s); last changed fraction {last.changed_fraction:.5f}", file=sys.stderr)
         else:
-            pred = predict(model, data, channel_axis=c, slice_axis=s, device=args.device,
-                           batch_size=args.batch_size, amp=_amp(args),
-                           progress=progress_printer("predict"))
+            with ProgressBar("predict") as bar:
+                pred = predict(model, data, channel_axis=c, slice_axis=s, device=args.device,
+                               batch_size=args.batch_size, amp=_amp(args), progress=bar, **tiling)
             labels, probs = pred.labels, pred.probabilities
         try:
             out = write_array(args.out, labels, f, overwrite=args.overwrite)
@@ -137,6 +189,48 @@ def run(args) -> int:
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     print(f"wrote {out}" + (f" and {args.probabilities}" if args.probabilities else ""))
+    return 0
+
+
+class _Iter:
+    """A progress event for one FANet iteration (the refiner yields results, not counts)."""
+
+    stage = "iterations"
+
+    def __init__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+
+def _run_zarr(args, model, traits, f, data, c, s, tiling) -> int:
+    """``--out X.zarr``: block by block into the store, resumable, optionally on a dask cluster."""
+    from ..inference.chunked import predict_to_zarr
+    from .progress import ProgressBar
+
+    if args.probabilities:
+        raise CLIError("a .zarr --out holds the probabilities already (array 'probabilities'); drop --probabilities")
+    if traits.takes_mask and (args.iterations or 1) != 1:
+        raise CLIError("zarr output runs FANet once from the initial mask; pass --iterations 1, or write "
+                       ".tif/.nii.gz for the iterated refinement (held in memory)")
+    client = None
+    if args.scheduler:
+        try:
+            from distributed import Client
+
+            client = Client(args.scheduler, timeout="3s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise CLIError(f"cannot reach the dask scheduler at {args.scheduler}: {exc}") from None
+    try:
+        with user_errors(), ProgressBar("predict") as bar:
+            res = predict_to_zarr(model, data, args.out, channel_axis=c, slice_axis=s, device=args.device,
+                                  batch_size=args.batch_size, amp=_amp(args),
+                                  mask=args.init if traits.takes_mask else None, chunk=args.chunk, block=args.block,
+                                  overwrite=args.overwrite, client=client, source_name=str(f.path.resolve()),
+                                  progress=bar, **tiling)
+    finally:
+        if client is not None:
+            client.close()
+    resumed = f" ({res.blocks_done_before} of {res.blocks_total} blocks were already done)" if res.blocks_done_before else ""
+    print(f"wrote {res.path} (labels, probabilities){resumed}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Inference: whole-image/volume prediction and FANet's test-time feedback iteration.
+"""Inference: whole-image/volume prediction (tiled when large, into zarr when lazy) and FANet's
+test-time feedback iteration.
 
 Results are plain numpy arrays plus small dataclasses, shared by the CLI and the widgets.
 """
@@ -7,6 +8,8 @@ from .layout import ChannelMismatchError, InputError, Layout
 from .predict import Cancelled, GPUMemoryError, Prediction, PredictProgress, iter_predict, predict
 from .refine import FANetRefiner, IterationResult
 from .traits import ModelTraits, model_traits, to_probabilities
+from .tiling import TileProgress
+from .chunked import ZarrPrediction, iter_predict_to_zarr, predict_to_zarr
 
 __all__ = [
     "predict",
@@ -23,4 +26,8 @@ __all__ = [
     "ModelTraits",
     "model_traits",
     "to_probabilities",
+    "TileProgress",
+    "predict_to_zarr",
+    "iter_predict_to_zarr",
+    "ZarrPrediction",
 ]

@@ -13,17 +13,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ImageFile", "read_image", "guess_axes", "write_array", "colorize_signed",
+__all__ = ["ImageFile", "read_image", "read_zarr", "guess_axes", "write_array", "colorize_signed",
            "matching_suffix", "file_stem"]
 
 NIFTI = (".nii.gz", ".nii")
 TIFF = (".tif", ".tiff")
 RASTER = (".png", ".jpg", ".jpeg", ".bmp")
+ZARR = (".zarr",)
 
 
 def matching_suffix(path: str | Path) -> str:
     name = str(path).lower()
-    for suf in NIFTI + TIFF + RASTER:
+    for suf in NIFTI + TIFF + RASTER + ZARR:
         if name.endswith(suf):
             return suf
     return Path(path).suffix.lower()
@@ -39,20 +40,46 @@ def file_stem(path: str | Path) -> str:
 class ImageFile:
     data: np.ndarray
     path: Path
-    kind: str  # "nifti" | "tiff" | "raster"
+    kind: str  # "nifti" | "tiff" | "raster" | "zarr" (data is then a lazy zarr array)
     spacing: tuple[float, ...] | None = None  # per array axis (spatial axes only for NIfTI)
     meta: dict[str, Any] = field(default_factory=dict)  # NIfTI: affine, header
 
 
-def read_image(path: str | Path) -> ImageFile:
+def read_zarr(path: str | Path, level: int = 0):
+    """A zarr array, a zarr group holding one array, or an OME-Zarr image (its ``multiscales``
+    level ``level``), opened read-only and lazily (nothing is loaded)."""
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return node
+    attrs = dict(node.attrs)
+    ms = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")  # NGFF 0.4 / 0.5
+    if ms:
+        datasets = ms[0]["datasets"]
+        if not 0 <= level < len(datasets):
+            raise ValueError(f"{Path(path).name} has {len(datasets)} resolution level(s); --level {level} is out of range")
+        return node[datasets[level]["path"]]
+    arrays = list(node.array_keys())
+    if len(arrays) == 1:
+        return node[arrays[0]]
+    raise ValueError(f"{Path(path).name} is a zarr group with arrays {arrays} and no OME-Zarr multiscales; "
+                     "give the array's path (store.zarr/NAME)")
+
+
+def read_image(path: str | Path, level: int = 0) -> ImageFile:
     """Read with ``data.io`` (the reader training uses), so a truncated, empty or mislabelled
-    file is one :class:`~napari_segattn.data.DataError` naming it, for every command."""
+    file is one :class:`~napari_segattn.data.DataError` naming it, for every command; zarr
+    stores open lazily."""
     from ..data import io as dio
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     suf = matching_suffix(path)
+    if suf in ZARR or (path.is_dir() and ((path / ".zarray").exists() or (path / "zarr.json").exists()
+                                          or (path / ".zgroup").exists())):
+        return ImageFile(read_zarr(path, level), path, "zarr")
     if suf in NIFTI:
         data, img = dio.load_nifti(path)
         zooms = tuple(float(z) for z in img.header.get_zooms()[: min(3, data.ndim)])
@@ -61,7 +88,7 @@ def read_image(path: str | Path) -> ImageFile:
         return ImageFile(dio.read_image(path), path, "tiff")
     if suf in RASTER:
         return ImageFile(dio.read_image(path), path, "raster")
-    raise ValueError(f"{path.name}: unsupported file type {suf!r}; use NIfTI (.nii/.nii.gz), TIFF or PNG")
+    raise ValueError(f"{path.name}: unsupported file type {suf!r}; use NIfTI (.nii/.nii.gz), TIFF, PNG or zarr")
 
 
 def guess_axes(f: ImageFile, in_channels: int, channel_axis: int | None = None,

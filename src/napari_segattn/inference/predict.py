@@ -19,6 +19,7 @@ from ..devices import resolve_device
 from .checks import check_finite_output, check_image_size, check_int, check_threshold
 from .layout import InputError, Layout
 from .masks import binarize, initial_masks
+from .tiling import DEFAULT_OVERLAP
 from .traits import ModelTraits, model_traits, normalize_image, to_probabilities
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "Cancelled",
     "GPUMemoryError",
     "prepare_stack",
+    "prepare_source",
+    "is_lazy",
     "run_batches",
     "autocast_dtype",
     "drive",
@@ -83,10 +86,60 @@ class Prediction:
         return self.probabilities[0]
 
 
-def _check_finite(image: np.ndarray) -> None:
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        n = int((~np.isfinite(image)).sum())
+def is_lazy(image) -> bool:
+    """dask / zarr / other array-likes that are read window by window, never loaded whole."""
+    return not isinstance(image, np.ndarray) and hasattr(image, "shape") and hasattr(image, "dtype") \
+        and hasattr(image, "__getitem__")
+
+
+def _check_finite(image) -> None:
+    if np.dtype(image.dtype).kind != "f":
+        return
+    if is_lazy(image):
+        import dask.array as da
+
+        from .tiling import as_dask
+
+        n = int((~da.isfinite(as_dask(image))).sum().compute())  # chunk by chunk
+    else:
+        n = 0 if np.isfinite(image).all() else int((~np.isfinite(image)).sum())
+    if n:
         raise InputError(f"the image contains {n} NaN/inf value(s); fill or mask them before predicting")
+
+
+def _check_slice_size(model: torch.nn.Module, layout: Layout) -> None:
+    sp = list(layout.spatial_shape)
+    if layout.is_volume:
+        sp.pop(layout.slice_pos)
+    check_image_size(model, tuple(sp))
+
+
+def prepare_source(
+    traits: ModelTraits,
+    image,
+    *,
+    channel_axis: int | None = None,
+    slice_axis: int | None = None,
+    model: torch.nn.Module | None = None,
+):
+    """Validate the image; returns its layout and a :class:`~.tiling.RawWindows` reader (numpy,
+    dask or zarr; normalised per window with whole-slice / whole-volume statistics).
+
+    With ``model``, slices smaller than it takes are refused here (``check_image_size``)."""
+    from .tiling import RawWindows
+
+    if not is_lazy(image):
+        image = np.asarray(image)
+        if image.dtype == bool:
+            image = image.astype(np.float32)
+    if np.dtype(image.dtype).kind not in "biuf":
+        raise InputError(f"cannot predict on an array of dtype {image.dtype}")
+    layout = Layout.infer(tuple(image.shape), channel_axis=channel_axis, slice_axis=slice_axis,
+                          in_channels=traits.in_channels)
+    if model is not None:
+        _check_slice_size(model, layout)
+    _check_finite(image)
+    return layout, RawWindows(image, layout, traits.normalization)
 
 
 def prepare_stack(
@@ -108,10 +161,7 @@ def prepare_stack(
     layout = Layout.infer(image.shape, channel_axis=channel_axis, slice_axis=slice_axis,
                           in_channels=traits.in_channels)
     if model is not None:
-        sp = list(layout.spatial_shape)
-        if layout.is_volume:
-            sp.pop(layout.slice_pos)
-        check_image_size(model, tuple(sp))
+        _check_slice_size(model, layout)
     _check_finite(image)
     # the raw stack keeps its dtype: FANet's Otsu mask reads uint8 files as they are
     raw_cf = layout.channels_first(image)
@@ -291,7 +341,7 @@ class _Pending:
 
 def iter_predict(
     model: torch.nn.Module,
-    image: np.ndarray,
+    image,
     *,
     channel_axis: int | None = None,
     slice_axis: int | None = None,
@@ -301,24 +351,37 @@ def iter_predict(
     mask: np.ndarray | str | None = None,
     threshold: float = 0.5,
     cancel: Callable[[], bool] | None = None,
+    tile: int | tuple[int, int] | str | None = "auto",
+    overlap: float = DEFAULT_OVERLAP,
+    memory_budget: int | str | None = None,
 ) -> Iterator[PredictProgress]:
     """Generator form of :func:`predict`: yields progress, *returns* the :class:`Prediction`.
 
     ``mask`` (FANet only) has the image's spatial shape; ``None`` means the released
     iteration-0 mask (Otsu, spec 2.7); ``"empty"``/``"full"`` are also accepted.
+
+    ``tile``/``overlap``/``memory_budget``: sliding-window inference (``inference.tiling``):
+    ``"auto"`` runs whole slices that fit ``memory_budget`` (default 1 GiB of activations) and
+    Gaussian-blended windows otherwise; ``0`` forces whole slices, an int or ``(h, w)`` a window.
+    Tiled runs yield :class:`~.tiling.TileProgress` (windows) instead of slice counts.
+    ``image`` may be a dask or zarr array: it is read window by window.
     """
+    from .tiling import iter_stack_probabilities
+
     t0 = time.perf_counter()
     traits = model_traits(model)
     batch_size = check_int(batch_size, "batch_size")
     if traits.binary:
         threshold = check_threshold(threshold)
-    layout, raw, stack = prepare_stack(traits, image, channel_axis=channel_axis, slice_axis=slice_axis,
-                                       model=model)
+    layout, source = prepare_source(traits, image, channel_axis=channel_axis, slice_axis=slice_axis, model=model)
     masks, mask_source = None, None
     if traits.takes_mask:
         if mask is None or isinstance(mask, str):
             mask_source = mask or "otsu"
-            masks = initial_masks(raw, mask_source)
+            # one slice at a time (lazy inputs); the raw slice keeps its dtype: FANet's Otsu mask
+            # reads uint8 files as they are
+            masks = np.concatenate([initial_masks(source.raw(z)[None], mask_source)
+                                    for z in range(layout.n_slices)])
         else:
             mask_source = "given"
             masks = layout.spatial_to_stack(np.asarray(mask)).astype(bool)
@@ -326,14 +389,10 @@ def iter_predict(
         raise InputError(f"model {traits.name!r} takes no feedback mask")
     dev = resolve_device(device)
     precision = autocast_dtype(amp, dev)  # checks ``amp`` before any work
-    n = stack.shape[0]
-    probs = np.empty((n, 1 if traits.binary else traits.out_channels, *stack.shape[2:]), np.float32)
-    yield PredictProgress(0, n)
-    with _eval_on(model, dev, use_channels_last(traits, dev), fold=True) as net:
-        for done, out in run_batches(net, traits, stack, masks, batch_size=batch_size, device=dev,
-                                     amp=amp, cancel=cancel):
-            probs[done - out.shape[0]:done] = out
-            yield PredictProgress(done, n)
+    n = layout.n_slices
+    probs, tiling = yield from iter_stack_probabilities(
+        model, traits, source, masks, device=dev, amp=amp, batch_size=batch_size, tile=tile, overlap=overlap,
+        memory_budget=memory_budget, cancel=cancel)
     check_finite_output(probs, traits.name)
     probabilities = layout.from_stack(probs)
     if traits.binary:
@@ -350,7 +409,7 @@ def iter_predict(
         seconds=time.perf_counter() - t0,
         info={"slices": n, "batch_size": batch_size, "amp": precision is not None,
               "precision": str(precision or torch.float32).removeprefix("torch."),
-              "feedback_mask": mask_source},
+              "feedback_mask": mask_source, **tiling},
     )
 
 
@@ -378,10 +437,15 @@ def predict(
     threshold: float = 0.5,
     progress: Callable[[PredictProgress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    tile: int | tuple[int, int] | str | None = "auto",
+    overlap: float = DEFAULT_OVERLAP,
+    memory_budget: int | str | None = None,
 ) -> Prediction:
-    """Predict a 2D image, a multi-channel image or a whole volume (see :func:`iter_predict`)."""
+    """Predict a 2D image, a multi-channel image or a whole volume (see :func:`iter_predict`;
+    large slices run in Gaussian-blended windows, ``tile``/``overlap``/``memory_budget``)."""
     return drive(
         iter_predict(model, image, channel_axis=channel_axis, slice_axis=slice_axis, batch_size=batch_size,
-                     device=device, amp=amp, mask=mask, threshold=threshold, cancel=cancel),
+                     device=device, amp=amp, mask=mask, threshold=threshold, cancel=cancel, tile=tile,
+                     overlap=overlap, memory_budget=memory_budget),
         progress,
     )

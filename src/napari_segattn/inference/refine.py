@@ -31,7 +31,8 @@ from ..devices import resolve_device
 from .checks import check_finite_output, check_int, check_threshold
 from .layout import InputError
 from .masks import binarize, initial_masks
-from .predict import Cancelled, _eval_on, prepare_stack, run_batches, use_channels_last
+from .predict import Cancelled, prepare_stack
+from .tiling import DEFAULT_OVERLAP, stack_probabilities
 from .traits import model_traits
 
 __all__ = ["FANetRefiner", "IterationResult"]
@@ -74,7 +75,8 @@ class FANetRefiner:
     ``image`` follows :func:`~napari_segattn.inference.predict` (``channel_axis``,
     ``slice_axis``). ``ground_truth`` (same spatial shape; binarised ``> 0.5`` as released)
     turns on per-iteration metrics; ``metrics_per_slice`` averages per-slice metrics as
-    test.py averages per image, instead of one 3D computation.
+    test.py averages per image, instead of one 3D computation. ``tile``/``overlap``/
+    ``memory_budget``: as :func:`~napari_segattn.inference.predict`, for every step.
     """
 
     def __init__(
@@ -93,6 +95,9 @@ class FANetRefiner:
         spacing: tuple[float, ...] | None = None,
         metrics_per_slice: bool = False,
         pin_edits: bool = False,
+        tile: int | tuple[int, int] | str | None = "auto",
+        overlap: float = DEFAULT_OVERLAP,
+        memory_budget: int | str | None = None,
     ) -> None:
         self.model = model
         self.pin_edits = pin_edits
@@ -115,6 +120,8 @@ class FANetRefiner:
         self.threshold = check_threshold(threshold)
         self.spacing = spacing
         self.metrics_per_slice = metrics_per_slice
+        #: sliding-window settings of every step (see ``predict``)
+        self.tiling = {"tile": tile, "overlap": overlap, "memory_budget": memory_budget}
         self.ground_truth = None
         if ground_truth is not None:
             gt = np.asarray(ground_truth)
@@ -191,12 +198,9 @@ class FANetRefiner:
         t0 = time.perf_counter()
         fed = self._next_mask
         masks = self.layout.spatial_to_stack(fed)
-        n = self._stack.shape[0]
-        probs = np.empty((n, *self._stack.shape[2:]), np.float32)
-        with _eval_on(self.model, self.device, use_channels_last(self.traits, self.device), fold=True) as net:
-            for done, out in run_batches(net, self.traits, self._stack, masks, batch_size=self.batch_size,
-                                         device=self.device, amp=self.amp, cancel=cancel):
-                probs[done - out.shape[0]:done] = out[:, 0]
+        # whole slices or Gaussian-blended windows (the feedback mask cut like the image)
+        probs = stack_probabilities(self.model, self.traits, self._stack, masks, device=self.device, amp=self.amp,
+                                    batch_size=self.batch_size, cancel=cancel, **self.tiling)[:, 0]
         check_finite_output(probs, self.traits.name)
         p = self.layout.spatial_from_stack(probs)
         mask = binarize(p, self.threshold)

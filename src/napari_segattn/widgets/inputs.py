@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ModelInput", "InputError", "gather_input", "current_index", "scope_picker", "scope_of"]
+__all__ = ["ModelInput", "InputError", "gather_input", "current_index", "scope_picker", "scope_of", "is_lazy_layer"]
 
 SCOPES = {"current slice": "slice", "whole volume": "volume"}
 
@@ -36,6 +36,8 @@ class ModelInput:
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     names: list[str]
+    lazy: bool = False  # image is a dask array over the layer's (multiscale level's) data, not loaded
+    level: int = 0  # the multiscale level the image was taken from
 
     @property
     def spatial(self) -> tuple[int, int]:
@@ -50,6 +52,67 @@ def _channels_first(layer) -> np.ndarray:
     return data[None] if data.ndim == 2 else data[:, None]  # (1,H,W) or (Z,1,H,W)
 
 
+def is_lazy_layer(layer) -> bool:
+    """A multiscale layer or one backed by dask / zarr rather than numpy."""
+    return bool(getattr(layer, "multiscale", False)) or not isinstance(layer.data, np.ndarray)
+
+
+def _lazy_channels_first(layer, level: int):
+    """Like :func:`_channels_first`, as a dask view (nothing is read) of ``level``."""
+    import dask.array as da
+
+    from ..inference.tiling import as_dask
+
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        if not 0 <= level < len(data):
+            raise InputError(f"layer {layer.name!r} has {len(data)} resolution level(s); level {level} does not exist")
+        data = data[level]
+    elif level:
+        raise InputError(f"layer {layer.name!r} is not multiscale; use level 0")
+    data = as_dask(data)
+    if getattr(layer, "rgb", False):
+        return da.moveaxis(data[..., :3], -1, 0 if data.ndim == 3 else 1)
+    return data[None] if data.ndim == 2 else data[:, None]
+
+
+def _level_scale(layer, level: int) -> tuple[float, ...]:
+    """World scale of one pixel of ``level`` (level 0's scale times its downsampling)."""
+    scale = np.asarray(layer.scale, float)
+    if getattr(layer, "multiscale", False) and level:
+        s0, sl = np.asarray(layer.data[0].shape, float), np.asarray(layer.data[level].shape, float)
+        n = len(scale)
+        scale = scale * (s0[:n] / sl[:n])
+    return tuple(float(v) for v in scale)
+
+
+def _gather_lazy(viewer, image_layers, scope: str, level: int) -> ModelInput:
+    """Dask views of the layers (one level of a multiscale pyramid), stacked as channels."""
+    import dask.array as da
+
+    arrays = [_lazy_channels_first(l, level) for l in image_layers]
+    shapes = {a.shape[-2:] if a.ndim == 3 else (a.shape[0], *a.shape[-2:]) for a in arrays}
+    if len(shapes) != 1:
+        raise InputError(f"the image layers differ in shape {sorted(shapes)}; channels must align pixel for pixel")
+    shape = shapes.pop()
+    data = da.concatenate(arrays, axis=-3) if len(arrays) > 1 else arrays[0]
+    first = image_layers[0]
+    slice_index, is_volume = None, len(shape) == 3 and scope == "volume"
+    if len(shape) == 3 and not is_volume:
+        # current_index maps the world point to level 0; scale it to this level
+        z0 = current_index(viewer, first)
+        slice_index = int(round(z0 * shape[0] / _level_zero_depth(first)))
+        data = data[slice_index]
+    return ModelInput(image=data, ground_truth=None, is_volume=is_volume, slice_index=slice_index,
+                      layer_shape=tuple(shape), scale=_level_scale(first, level), translate=tuple(first.translate),
+                      names=[l.name for l in image_layers], lazy=True, level=level)
+
+
+def _level_zero_depth(layer) -> int:
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return int(data.shape[0])
+
+
 def current_index(viewer, layer) -> int:
     """The data index of the slice shown for a 3D layer (world point -> data coordinates)."""
     if layer.ndim < 3:
@@ -58,10 +121,17 @@ def current_index(viewer, layer) -> int:
     return int(np.clip(round(float(z)), 0, layer.data.shape[0] - 1))
 
 
-def gather_input(viewer, image_layers, gt_layer=None, scope: str = "slice") -> ModelInput:
-    """Stack the chosen image layers as channels; a 3D layer gives a slice or the volume."""
+def gather_input(viewer, image_layers, gt_layer=None, scope: str = "slice", *, lazy: bool = False,
+                 level: int = 0) -> ModelInput:
+    """Stack the chosen image layers as channels; a 3D layer gives a slice or the volume.
+
+    ``lazy``: dask / zarr / multiscale layers stay lazy (a dask view of ``level``, nothing
+    read; the ground truth is not used) for the windowed prediction; numpy layers are read as usual.
+    """
     if not image_layers:
         raise InputError("choose at least one image layer")
+    if lazy and any(is_lazy_layer(l) for l in image_layers):
+        return _gather_lazy(viewer, image_layers, scope, level)
     spatial = {tuple(l.data.shape[:-1] if getattr(l, "rgb", False) else l.data.shape) for l in image_layers}
     if len(spatial) != 1:
         raise InputError(f"the image layers differ in shape {sorted(spatial)}; channels must align pixel for pixel")

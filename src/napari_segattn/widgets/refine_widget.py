@@ -28,6 +28,8 @@ class PredictRefineWidget(Container):
         self.state = get_state(napari_viewer)
         self.scope = scope_picker()
         self.batch_size = SpinBox(label="batch size", value=16, min=1, max=1024)
+        # dask / zarr / multiscale layers: predicted window by window on this pyramid level
+        self.level = SpinBox(label="level (multiscale)", value=0, min=0, max=16)
         self.predict_button = PushButton(text="Predict")
         self.init = ComboBox(label="initial mask", choices=INIT_CHOICES, value="otsu")
         self.max_iters = SpinBox(label="max iterations", value=10, min=1, max=100)
@@ -43,7 +45,7 @@ class PredictRefineWidget(Container):
                              tooltip="bfloat16 autocast: 2-4x faster on CPUs with AMX/AVX512-BF16 and on GPUs, "
                                      "slower on older CPUs; probabilities change by up to a few 1e-2")
         self.status = wrapped_label(value="")
-        self.extend([self.scope, self.batch_size, self.predict_button, self.init, self.max_iters, self.tol,
+        self.extend([self.scope, self.batch_size, self.level, self.predict_button, self.init, self.max_iters, self.tol,
                      self.step_button, self.run_button, self.reset_button, self.cancel_button, self.show_probs,
                      self.bf16, self.status])
         self.plot = LivePlot("Dice per iteration")
@@ -119,13 +121,13 @@ class PredictRefineWidget(Container):
         for w in (self.predict_button, self.step_button, self.run_button, self.reset_button):
             w.enabled = not busy and (w is self.predict_button or bool(self.state.loaded and self.state.loaded.takes_mask))
 
-    def _input(self):
+    def _input(self, lazy: bool = False):
         if self.state.busy:
             raise InputError("another job is running; wait for it or cancel it")
         if self.state.loaded is None:
             raise InputError("load or build a model in the Model widget first")
         imgs, gt = self.state.input_layers(self.viewer)
-        return gather_input(self.viewer, imgs, gt, scope=scope_of(self.scope))
+        return gather_input(self.viewer, imgs, gt, scope=scope_of(self.scope), lazy=lazy, level=int(self.level.value))
 
     @staticmethod
     def _core_layout(inp):
@@ -143,11 +145,13 @@ class PredictRefineWidget(Container):
         from ..inference import iter_predict
 
         try:
-            inp = self._input()
+            inp = self._input(lazy=True)
         except InputError as exc:
             show_error(str(exc))
             return None
         loaded = self.state.loaded
+        if inp.lazy:
+            return self._predict_lazy(inp)
         mask = None
         if loaded.takes_mask:
             mask = self._initial_mask(inp)
@@ -160,6 +164,43 @@ class PredictRefineWidget(Container):
             device=self.state.device, amp=self._amp(), mask=mask, cancel=self._cancel.is_set,
             on_return=lambda pred: self._show_prediction(inp, pred), desc="predict", total=0,
         ) if n else None
+
+    def _predict_lazy(self, inp):
+        """A dask / zarr / multiscale layer: windows read one by one, the result written block by
+        block into a zarr store in a temporary folder and shown lazily from there."""
+        import tempfile
+
+        from ..inference.chunked import iter_predict_to_zarr
+
+        loaded = self.state.loaded
+        if loaded.takes_mask and self.init.value not in INIT_CHOICES:
+            show_error("a lazy (dask/zarr) image takes the otsu, empty or full initial mask")
+            return None
+        out = tempfile.mkdtemp(prefix="segattn-") + "/prediction.zarr"
+        self._cancel.clear()
+        self.state.busy = True
+        self.status.value = "predicting window by window..."
+        return self._start(
+            iter_predict_to_zarr, loaded.model, inp.image, out, **self._core_layout(inp),
+            batch_size=int(self.batch_size.value), device=self.state.device, amp=self._amp(),
+            mask=self.init.value if loaded.takes_mask else None, cancel=self._cancel.is_set,
+            on_return=lambda res: self._show_lazy_prediction(inp, res), desc="predict")
+
+    def _show_lazy_prediction(self, inp, res):
+        import dask.array as da
+
+        g = res.open()
+        geom = self._spatial_geometry(inp)  # the chosen level's grid (inp.scale includes its downsampling)
+        meta = {"zarr_store": str(res.path)}
+        upsert_layer(self.viewer, "labels", da.from_zarr(g["labels"]), "prediction", opacity=0.5, metadata=meta,
+                     **geom)
+        if self.show_probs.value and g["probabilities"].shape[0] == 1:
+            upsert_layer(self.viewer, "image", da.from_zarr(g["probabilities"])[0], "probability", colormap="magma",
+                         blending="additive", opacity=0.6, contrast_limits=(0.0, 1.0), metadata=meta, **geom)
+        self.status.value = (f"predicted level {inp.level} in {res.seconds:.2f} s ({res.windows} windows); "
+                             f"result in {res.path}")
+        self.last_prediction = res
+        return res
 
     def _start(self, func, *args, on_return=None, desc="working", total=0, on_yield=None, **kwargs):
         def finish():

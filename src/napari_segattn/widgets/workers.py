@@ -77,6 +77,7 @@ def run_in_worker(
     # Passing our handler in _connect tells superqt not to re-raise in the GUI thread.
     worker = create_worker(_guard(gen_func), *args, _progress={"total": total, "desc": desc}, _start_thread=False,
                            _connect={"errored": _errored}, **kwargs)
+    worker.yielded.connect(lambda ev: _sync_progress(worker, ev, desc))
     if on_yield is not None:
         worker.yielded.connect(on_yield)
     if on_return is not None:
@@ -85,6 +86,20 @@ def run_in_worker(
         worker.finished.connect(on_finish)
     worker.start()
     return worker
+
+
+def _sync_progress(worker, ev, desc: str) -> None:
+    """Events with ``done``/``total`` (slices, windows) set the bar exactly; napari's own
+    handler only counts yields, which is right for one-yield-per-step generators."""
+    pbar = getattr(worker, "pbar", None)
+    done, total = getattr(ev, "done", None), getattr(ev, "total", None)
+    if pbar is None or not isinstance(done, int) or not isinstance(total, int):
+        return
+    if pbar.total != total:
+        pbar.total = total
+        pbar.set_description(f"{desc} ({getattr(ev, 'stage', '')})")
+    pbar.n = done
+    pbar.update(0)
 
 
 def notify(msg: str) -> None:

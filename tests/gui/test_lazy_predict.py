@@ -1,0 +1,73 @@
+"""Predict on a dask / multiscale layer as a user does: the chosen level is read window by window
+and the result layers are lazy (dask over a zarr store), matching the core's in-memory result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.gui
+
+
+def _image(size=(96, 128), seed=0):
+    from scipy.ndimage import gaussian_filter
+
+    x = gaussian_filter(np.random.default_rng(seed).standard_normal(size), 3.0)
+    return ((x - x.min()) / (x.max() - x.min()) * 200).astype(np.float32)
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer):
+    from napari_segattn.models import build_model
+    from napari_segattn.widgets import PredictRefineWidget
+    from napari_segattn.widgets.state import LoadedModel, get_state
+
+    viewer = make_napari_viewer()
+    widget = PredictRefineWidget(viewer)
+    state = get_state(viewer)
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=1)
+    model.segattn_normalization = {"mode": "zscore", "per": "image"}
+    state.set_model(LoadedModel(model=model, name="unet", config={}, source="built",
+                                normalization=model.segattn_normalization))
+    state.set_device("cpu")
+    return viewer, widget, state, model
+
+
+def test_multiscale_dask_layer_is_predicted_on_the_chosen_level_lazily(viewer_and_widget, qtbot):
+    import dask.array as da
+
+    from napari_segattn.inference import predict
+
+    viewer, widget, state, model = viewer_and_widget
+    full = _image((96, 128))
+    half = np.ascontiguousarray(full[::2, ::2])
+    viewer.add_image([da.from_array(full, chunks=32), da.from_array(half, chunks=32)], multiscale=True, name="big")
+    state.set_inputs(["big"], None)
+    widget.level.value = 1
+    widget.predict_button.clicked.emit()
+    qtbot.waitUntil(lambda: not state.busy, timeout=60_000)
+    pred, prob = viewer.layers["prediction"], viewer.layers["probability"]
+    assert isinstance(pred.data, da.Array) and isinstance(prob.data, da.Array)  # lazy result layers
+    assert pred.data.shape == half.shape and tuple(pred.scale) == (2.0, 2.0)  # on level 1's grid
+    ref = predict(model, half, device="cpu")
+    np.testing.assert_allclose(np.asarray(prob.data), ref.foreground, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(pred.data).astype(bool), ref.labels)
+    assert "level 1" in widget.status.value and "prediction.zarr" in widget.status.value
+
+
+def test_a_level_that_does_not_exist_is_a_notification(viewer_and_widget, qtbot, monkeypatch):
+    import dask.array as da
+
+    from napari_segattn.widgets import refine_widget
+
+    viewer, widget, state, _ = viewer_and_widget
+    viewer.add_image(da.from_array(_image(), chunks=32), name="lazy")
+    state.set_inputs(["lazy"], None)
+    errors = []
+    monkeypatch.setattr(refine_widget, "show_error", errors.append)
+    widget.level.value = 2
+    widget.predict_button.clicked.emit()
+    assert errors == ["layer 'lazy' is not multiscale; use level 0"] and not state.busy
+    assert "prediction" not in viewer.layers

@@ -1,0 +1,123 @@
+"""predict_to_zarr: block-wise writes equal in-memory tiled predict, resume after an interruption,
+refuse foreign / read-only stores, and run blocks as tasks on a dask.distributed LocalCluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_tiling import blobs, local  # noqa: E402
+
+from napari_segattn.inference import Cancelled, InputError, predict  # noqa: E402
+from napari_segattn.inference.chunked import predict_to_zarr  # noqa: E402
+from napari_segattn.inference.tiling import make_grid  # noqa: E402
+
+zarr = pytest.importorskip("zarr")
+
+
+def test_blocks_equal_in_memory_tiled_predict(tmp_path):
+    m, img = local(), blobs((100, 130))
+    ref = predict(m, img, device="cpu", tile=32)
+    res = predict_to_zarr(m, img, tmp_path / "o.zarr", device="cpu", tile=32, chunk=16, block=48)
+    g = res.open()
+    assert res.blocks_total == 3 * 3 and g["done"][:].all() and g["labels"].chunks == (16, 16)
+    np.testing.assert_array_equal(g["probabilities"][:], ref.probabilities)
+    np.testing.assert_array_equal(g["labels"][:].astype(bool), ref.labels)
+
+
+def test_volume_from_zarr_input_written_slice_by_slice(tmp_path):
+    m = local()
+    vol = blobs((3, 60, 70), seed=1)
+    src = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=vol.shape, chunks=(1, 20, 20), dtype="f4")
+    src[:] = vol
+    ref = predict(m, vol, slice_axis=0, device="cpu", tile=32)
+    res = predict_to_zarr(m, src, tmp_path / "o.zarr", slice_axis=0, device="cpu", tile=32, chunk=32, block=32)
+    g = res.open()
+    assert g["labels"].shape == vol.shape and g["labels"].chunks == (1, 32, 32)
+    np.testing.assert_array_equal(g["probabilities"][:], ref.probabilities)
+
+
+def test_interrupted_run_resumes_with_the_blocks_not_done(tmp_path):
+    m, img = local(), blobs((96, 96), seed=2)
+    out = tmp_path / "o.zarr"
+    windows = []
+    with pytest.raises(Cancelled):
+        predict_to_zarr(m, img, out, device="cpu", tile=32, chunk=32, block=32, batch_size=1,
+                        progress=lambda ev: windows.append(ev.done), cancel=lambda: len(windows) > 12)
+    done = zarr.open_group(str(out), mode="r")["done"][:]
+    assert 0 < done.sum() < done.size  # the store says which blocks are finished
+    res = predict_to_zarr(m, img, out, device="cpu", tile=32, chunk=32, block=32)
+    assert res.blocks_done_before == done.sum() and res.blocks_total == 9
+    g = res.open()
+    assert g["done"][:].all()
+    ref = predict(m, img, device="cpu", tile=32)
+    np.testing.assert_array_equal(g["probabilities"][:], ref.probabilities)
+
+
+def test_a_different_result_is_refused_unless_overwrite(tmp_path):
+    m, img = local(), blobs((64, 64), seed=3)
+    out = tmp_path / "o.zarr"
+    predict_to_zarr(m, img, out, device="cpu", tile=32)
+    with pytest.raises(InputError, match="already holds a different result"):
+        predict_to_zarr(m, img * 0.5, out, device="cpu", tile=32)
+    with pytest.raises(InputError, match="already holds a different result"):
+        predict_to_zarr(m, img, out, device="cpu", tile=32, overlap=0.5)
+    res = predict_to_zarr(m, img * 0.5, out, device="cpu", tile=32, overwrite=True)
+    assert res.blocks_done_before == 0
+    ref = predict(m, img * 0.5, device="cpu", tile=32)
+    np.testing.assert_array_equal(res.open()["probabilities"][:], ref.probabilities)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_store_is_refused(tmp_path):
+    m, img = local(), blobs((64, 64), seed=3)
+    out = tmp_path / "o.zarr"
+    predict_to_zarr(m, img, out, device="cpu", tile=32)
+    os.chmod(out, 0o500)
+    try:
+        with pytest.raises(InputError, match="read-only"):
+            predict_to_zarr(m, img, out, device="cpu", tile=32, overwrite=True)
+    finally:
+        os.chmod(out, 0o700)
+
+
+def test_read_only_store_is_refused_as_root_too(tmp_path, monkeypatch):
+    m, img = local(), blobs((64, 64), seed=3)
+    out = tmp_path / "o.zarr"
+    predict_to_zarr(m, img, out, device="cpu", tile=32)
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == out else real(p, mode))
+    with pytest.raises(InputError, match="read-only"):
+        predict_to_zarr(m, img, out, device="cpu", tile=32)
+
+
+def test_block_must_be_a_multiple_of_the_chunk(tmp_path):
+    with pytest.raises(InputError, match="not a multiple of the chunk 32x32"):
+        predict_to_zarr(local(), blobs((100, 100)), tmp_path / "o.zarr", device="cpu", tile=32, chunk=32, block=48)
+    assert not (tmp_path / "o.zarr").exists()  # refused before anything was written
+
+
+def test_blocks_as_tasks_on_a_local_cluster_and_resume(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    m, img = local(), blobs((96, 128), seed=4)
+    out = tmp_path / "o.zarr"
+    ref = predict(m, img, device="cpu", tile=32)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        res = predict_to_zarr(m, img, out, device="cpu", tile=32, chunk=32, block=32, client=client)
+        assert res.info["distributed"] and res.blocks_total == 12
+        g = zarr.open_group(str(out), mode="r+")
+        np.testing.assert_array_equal(g["probabilities"][:], ref.probabilities)
+        # a worker lost mid-run leaves blocks undone: forget three, the rerun computes only those
+        g["done"][0, 5:8] = 0
+        g["labels"][32:64, 32:128] = 0
+        again = predict_to_zarr(m, img, out, device="cpu", tile=32, chunk=32, block=32, client=client)
+        grid = make_grid((96, 128), (32, 32))
+        assert again.blocks_done_before == 9
+        assert again.windows == sum(len(grid.touching((slice(32, 64), slice(x, x + 32)))) for x in (32, 64, 96))
+        np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:].astype(bool), ref.labels)
