@@ -56,7 +56,11 @@ class CompareWidget(Container):
         if self.mode.value == "two checkpoints":
             out = []
             for side, edit in (("a", self.ckpt_a), ("b", self.ckpt_b)):
-                path = str(edit.value)
+                path = str(edit.value or "").strip()
+                if not path or path == "." or Path(path).is_dir():
+                    raise InputError(f"choose a .safetensors file in 'checkpoint {side}' (the field is empty)")
+                if not Path(path).is_file():
+                    raise InputError(f"'checkpoint {side}': {path} does not exist")
                 model = load_model(path).eval()
                 # the file stem tells two checkpoints of one architecture apart
                 out.append((f"{side}:{Path(path).stem}", model, None))

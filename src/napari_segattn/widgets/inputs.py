@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ModelInput", "InputError", "gather_input", "current_index", "scope_picker", "scope_of", "is_lazy_layer"]
+__all__ = ["ModelInput", "InputError", "gather_input", "attach_ground_truth", "current_index", "scope_picker",
+           "scope_of", "is_lazy_layer"]
 
 SCOPES = {"current slice": "slice", "whole volume": "volume"}
 
@@ -143,22 +144,15 @@ def gather_input(viewer, image_layers, gt_layer=None, scope: str = "slice", *, l
     if not np.isfinite(data).all():
         bad = [l.name for l, a in zip(image_layers, arrays) if not np.isfinite(a).all()]
         raise InputError(f"layer(s) {bad} contain NaN or Inf pixels; fix or mask them before running a model")
-    gt = None
-    if gt_layer is not None:
-        gt = np.asarray(gt_layer.data)
-        if gt.shape != shape:
-            raise InputError(f"ground truth {gt_layer.name!r} has shape {gt.shape} but the image is {shape}")
-        gt = gt.astype(np.int64, copy=False)
     first = image_layers[0]
     slice_index = None
     is_volume = len(shape) == 3 and scope == "volume"
     if len(shape) == 3 and not is_volume:
         slice_index = current_index(viewer, first)
         data = data[slice_index]
-        gt = gt[slice_index] if gt is not None else None
-    return ModelInput(
+    inp = ModelInput(
         image=np.ascontiguousarray(data),
-        ground_truth=gt,
+        ground_truth=None,
         is_volume=is_volume,
         slice_index=slice_index,
         layer_shape=shape,
@@ -166,3 +160,19 @@ def gather_input(viewer, image_layers, gt_layer=None, scope: str = "slice", *, l
         translate=tuple(first.translate),
         names=[l.name for l in image_layers],
     )
+    return attach_ground_truth(inp, gt_layer)
+
+
+def attach_ground_truth(inp: ModelInput, gt_layer) -> ModelInput:
+    """``inp`` with the ground truth of ``gt_layer`` (None: none); checked only by the jobs that
+    use it (training, metrics, error maps), so an unrelated labels layer never blocks a Predict."""
+    if gt_layer is None:
+        inp.ground_truth = None
+        return inp
+    gt = np.asarray(gt_layer.data)
+    if gt.shape != tuple(inp.layer_shape):
+        raise InputError(f"ground truth {gt_layer.name!r} has shape {gt.shape} but the image is "
+                         f"{tuple(inp.layer_shape)}; choose another ground-truth layer in the Model widget")
+    gt = gt.astype(np.int64, copy=False)
+    inp.ground_truth = gt[inp.slice_index] if inp.slice_index is not None else gt
+    return inp

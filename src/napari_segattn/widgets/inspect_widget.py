@@ -83,7 +83,8 @@ class InspectWidget(Container):
         imgs, gt = self.state.input_layers(self.viewer)
         if need_gt and gt is None:
             raise InputError("choose a ground-truth labels layer in the Model widget for an error map")
-        return gather_input(self.viewer, imgs, gt, scope=scope_of(self.scope))
+        # the ground truth is read (and its shape checked) only for the error map, which uses it
+        return gather_input(self.viewer, imgs, gt if need_gt else None, scope=scope_of(self.scope))
 
     def _context(self, need_gt: bool = False):
         """(input, model, device, FANet feedback mask) for a job, or None after telling the user."""
@@ -91,6 +92,7 @@ class InspectWidget(Container):
             inp = self._input(need_gt=need_gt)
         except InputError as exc:
             show_error(str(exc))
+            self.status.value = f"error: {exc}"
             return None
         return inp, self.state.loaded.model, self.state.device, self._feedback_mask(inp)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["upsert_layer", "place_slice", "layer_kind", "wrapped_label", "ERROR_LEGEND"]
+__all__ = ["upsert_layer", "place_slice", "layer_kind", "wrapped_label", "label_colormap", "ERROR_LEGEND"]
 
 ERROR_LEGEND = "TP yellow · FN blue · FP red"
 
@@ -22,9 +22,20 @@ def wrapped_label(**kwargs):
     """A magicgui Label whose long text wraps instead of widening the dock."""
     from magicgui.widgets import Label
 
+    from qtpy.QtWidgets import QSizePolicy
+
     label = Label(**kwargs)
     label.native.setWordWrap(True)
+    # grow in height with the wrapped text instead of being clipped to half a line
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.MinimumExpanding)
     return label
+
+
+def label_colormap(colors: dict):
+    """A labels colormap with exactly these {value: RGBA} colours, everything else transparent."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: (0.0, 0.0, 0.0, 0.0), 0: (0.0, 0.0, 0.0, 0.0), **colors})
 
 
 def _owned(layer) -> bool:
@@ -39,7 +50,7 @@ def upsert_layer(viewer, kind: str, data: np.ndarray, name: str, **kwargs):
         layer = viewer.layers[name]
         if _owned(layer) and layer_kind(layer) == kind and layer.data.ndim == np.ndim(data):
             layer.data = data
-            for key in ("contrast_limits", "opacity", "blending", "scale", "translate", "metadata", "colormap"):
+            for key in ("contrast_limits", "opacity", "blending", "scale", "translate", "metadata", "colormap", "gamma"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
             layer.refresh()

@@ -10,8 +10,8 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
-from .inputs import InputError, gather_input, scope_of, scope_picker
-from .layers import layer_kind, place_slice, upsert_layer, wrapped_label
+from .inputs import InputError, attach_ground_truth, gather_input, scope_of, scope_picker
+from .layers import label_colormap, layer_kind, place_slice, upsert_layer, wrapped_label
 from .plot import LivePlot
 from .state import get_state
 from .workers import run_in_worker
@@ -19,6 +19,29 @@ from .workers import run_in_worker
 __all__ = ["PredictRefineWidget"]
 
 INIT_CHOICES = ["otsu", "empty", "full"]
+
+#: what a refinement session was started from; a change of any of these starts a fresh one
+SESSION_PARTS = ("image layer(s)", "image data", "slice", "scope", "model", "device", "ground truth", "initial mask")
+
+REFINEMENT_LAYER = "refinement (0 = initial mask)"
+PAINTED_LAYER = "painted (fixed)"
+# distinct colours: the model's refinement green, the feedback you paint orange, fixed paint cyan/magenta
+REFINEMENT_COLORS = {1: (0.2, 0.9, 0.3, 1.0)}
+FEEDBACK_COLORS = {1: (1.0, 0.55, 0.0, 1.0)}
+PAINTED_COLORS = {1: (0.0, 1.0, 1.0, 1.0), 2: (1.0, 0.0, 1.0, 1.0)}  # painted foreground / background
+# additive inferno with gamma 2: a background at p ~ 0.1 stays near black instead of washing the image purple
+PROBABILITY_DISPLAY = dict(colormap="inferno", blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0), gamma=2.0)
+
+
+def _refine_job(build, max_iters, tol, cancel):
+    """Worker: build the refiner (Otsu, normalisation: seconds on a big image) off the GUI
+    thread when a fresh session starts, then step it."""
+    from ..inference import FANetRefiner
+
+    refiner = build if isinstance(build, FANetRefiner) else FANetRefiner(**build)
+    if not isinstance(build, FANetRefiner):
+        yield ("refiner", refiner)
+    return (yield from refiner.iter_run(max_iters, tol, cancel))
 
 
 class PredictRefineWidget(Container):
@@ -39,6 +62,10 @@ class PredictRefineWidget(Container):
         self.reset_button = PushButton(text="Reset")
         self.cancel_button = PushButton(text="Cancel")
         self.show_probs = CheckBox(label="show probabilities", value=True)
+        self.keep_painted = CheckBox(label="Keep painted pixels", value=True,
+                                     tooltip="pixels you paint on the feedback layer keep their value in every later "
+                                             "iteration (shown on the 'painted (fixed)' layer); off: the model may "
+                                             "overwrite them")
         # opt-in: 2-4x faster on CPUs with AMX / AVX512-BF16 (and on GPUs), slower on other CPUs,
         # probabilities change by up to a few 1e-2 (docs/performance.md); off = exact float32 on CPU
         self.bf16 = CheckBox(label="bfloat16", value=False,
@@ -47,17 +74,19 @@ class PredictRefineWidget(Container):
         self.status = wrapped_label(value="")
         self.extend([self.scope, self.batch_size, self.level, self.predict_button, self.init, self.max_iters, self.tol,
                      self.step_button, self.run_button, self.reset_button, self.cancel_button, self.show_probs,
-                     self.bf16, self.status])
-        self.plot = LivePlot("Dice per iteration")
+                     self.keep_painted, self.bf16, self.status])
+        self.plot = LivePlot("Dice per iteration", x_label="iteration", y_label="Dice", y_range=(0.0, 1.0))
         self.native.layout().addWidget(self.plot)
         self._cancel = threading.Event()
         self._context = None  # ModelInput of the current refinement
+        self._session = None  # SESSION_PARTS -> value for the current refinement
         self._worker = None
         self.predict_button.changed.connect(self.predict)
         self.step_button.changed.connect(lambda *_: self.refine(max_iters=1, tol=None))
         self.run_button.changed.connect(lambda *_: self.refine(max_iters=int(self.max_iters.value), tol=float(self.tol.value)))
         self.reset_button.changed.connect(self.reset)
         self.bf16.changed.connect(self._precision_changed)
+        self.keep_painted.changed.connect(self._keep_painted_changed)
         self.cancel_button.changed.connect(lambda *_: self._cancel.set())
         self.state.model_changed.connect(self._model_changed)
         self.state.busy_changed.connect(self._busy_changed)
@@ -106,6 +135,7 @@ class PredictRefineWidget(Container):
             w.enabled = takes_mask
         self.state.set_refiner(None)
         self._context = None
+        self._session = None
         self.status.value = "" if loaded is None else (
             "FANet: choose the initial mask, then Step / Run" if takes_mask else f"{loaded.name}: Predict")
 
@@ -116,18 +146,29 @@ class PredictRefineWidget(Container):
         # the next step of a running refinement uses the new precision; its history is kept
         if self.state.refiner is not None:
             self.state.refiner.amp = self._amp()
+            self.status.value = (f"{'bfloat16' if self.bf16.value else 'float32'} from the next step on; the "
+                                 f"{len(self.state.refiner.history)} iteration(s) so far are kept (Reset to redo them)")
+
+    def _keep_painted_changed(self, *_):
+        ref = self.state.refiner
+        if ref is not None:
+            ref.pin_edits = bool(self.keep_painted.value)
+            self.status.value = ("painted pixels are kept from the next step on" if ref.pin_edits
+                                 else "the next step may overwrite painted pixels")
+        self._show_painted()
 
     def _busy_changed(self, busy: bool):
         for w in (self.predict_button, self.step_button, self.run_button, self.reset_button):
             w.enabled = not busy and (w is self.predict_button or bool(self.state.loaded and self.state.loaded.takes_mask))
 
     def _input(self, lazy: bool = False):
+        """The chosen image(s), without ground truth: Predict never needs it."""
         if self.state.busy:
             raise InputError("another job is running; wait for it or cancel it")
         if self.state.loaded is None:
             raise InputError("load or build a model in the Model widget first")
-        imgs, gt = self.state.input_layers(self.viewer)
-        return gather_input(self.viewer, imgs, gt, scope=scope_of(self.scope), lazy=lazy, level=int(self.level.value))
+        imgs, _ = self.state.input_layers(self.viewer)
+        return gather_input(self.viewer, imgs, None, scope=scope_of(self.scope), lazy=lazy, level=int(self.level.value))
 
     @staticmethod
     def _core_layout(inp):
@@ -222,8 +263,7 @@ class PredictRefineWidget(Container):
             self.status.value = "probabilities are shown for binary models only"
         if self.show_probs.value and pred.binary:
             prob = place_slice(inp.layer_shape, inp.slice_index, pred.foreground.astype(np.float32))
-            upsert_layer(self.viewer, "image", prob, "probability", colormap="magma", blending="additive",
-                         opacity=0.6, contrast_limits=(0.0, 1.0), **geom)
+            upsert_layer(self.viewer, "image", prob, "probability", **PROBABILITY_DISPLAY, **geom)
         self.status.value = f"predicted in {pred.seconds:.2f} s on {pred.device} ({pred.info.get('precision', 'float32')})"
         self.last_prediction = pred
         return pred
@@ -241,22 +281,55 @@ class PredictRefineWidget(Container):
             raise InputError(f"mask layer {layer.name!r} has shape {data.shape}, image slice is {inp.image.shape[-2:]}")
         return data > 0
 
-    def ensure_refiner(self):
-        from ..inference import FANetRefiner
+    def _session_of(self, inp) -> dict:
+        imgs, gt = self.state.input_layers(self.viewer)
+        return dict(zip(SESSION_PARTS, (
+            tuple(inp.names), tuple(id(l.data) for l in imgs), inp.slice_index, inp.is_volume, id(self.state.loaded),
+            self.state.device, (gt.name, id(gt.data)) if gt is not None else None, self.init.value)))
 
-        if self.state.refiner is not None:
-            return self.state.refiner
+    def _refiner_plan(self):
+        """The refiner to step (the current one), or the keyword arguments of a fresh one when
+        there is none or any input, the model or the device changed since it started."""
         inp = self._input()
+        session = self._session_of(inp)
+        ref = self.state.refiner
+        if ref is not None and self._session == session:
+            return ref, inp, session
+        if ref is not None and self._session is not None:
+            changed = [k for k in SESSION_PARTS if self._session.get(k) != session[k]]
+            msg = f"{', '.join(changed)} changed since the last step: starting a fresh refinement"
+            show_info(msg)
+            self._restart_note = msg
+        _, gt_layer = self.state.input_layers(self.viewer)
+        self._gt_note = ""
+        try:
+            attach_ground_truth(inp, gt_layer)
+        except InputError as exc:  # metrics need it, refinement does not
+            self._gt_note = f"no Dice: {exc}"
+            show_info(self._gt_note)
         loaded = self.state.loaded
-        refiner = FANetRefiner(loaded.model, inp.image, init=self._initial_mask(inp), ground_truth=inp.ground_truth,
-                               device=self.state.device, batch_size=int(self.batch_size.value), amp=self._amp(),
-                               **self._core_layout(inp))
-        self._context = inp
+        build = dict(model=loaded.model, image=inp.image, init=self._initial_mask(inp), ground_truth=inp.ground_truth,
+                     device=self.state.device, batch_size=int(self.batch_size.value), amp=self._amp(),
+                     pin_edits=bool(self.keep_painted.value), **self._core_layout(inp))
+        return build, inp, session
+
+    def _adopt_refiner(self, refiner, inp, session):
+        self._context, self._session = inp, session
         self.state.set_refiner(refiner)
         if "probability" in self.viewer.layers:  # one probability overlay at a time
             self.viewer.layers["probability"].visible = False
         self.plot.clear()
         self._show_history()
+
+    def ensure_refiner(self):
+        """The refiner for the current inputs, built here (blocking; the buttons build it in the worker)."""
+        from ..inference import FANetRefiner
+
+        plan, inp, session = self._refiner_plan()
+        if isinstance(plan, FANetRefiner):
+            return plan
+        refiner = FANetRefiner(**plan)
+        self._adopt_refiner(refiner, inp, session)
         return refiner
 
     def _feedback_layer_name(self) -> str:
@@ -266,29 +339,59 @@ class PredictRefineWidget(Container):
         if self.state.busy:
             show_error("another job is running; wait for it or cancel it")
             return None
+        from ..inference import FANetRefiner
+
+        self._restart_note = ""
         try:
-            refiner = self.ensure_refiner()
+            plan, inp, session = self._refiner_plan()
         except (InputError, ValueError) as exc:
             show_error(str(exc))
+            self.status.value = f"error: {exc}"
             return None
-        # A correction painted on the feedback layer since the last step becomes the next feedback.
-        name = self._feedback_layer_name()
-        if name in self.viewer.layers:
-            painted = np.asarray(self.viewer.layers[name].data) > 0
-            if painted.shape == refiner.current_mask.shape and not np.array_equal(painted, refiner.current_mask):
-                refiner.set_mask(painted)
-                show_info("your painted correction is fed back in the next step")
+        if isinstance(plan, FANetRefiner):
+            # A correction painted on the feedback layer since the last step becomes the next feedback.
+            name = self._feedback_layer_name()
+            if name in self.viewer.layers:
+                painted = np.asarray(self.viewer.layers[name].data) > 0
+                if painted.shape == plan.current_mask.shape and not np.array_equal(painted, plan.current_mask):
+                    plan.set_mask(painted)
+                    self._show_painted()
+                    show_info("your painted correction is fed back in the next step")
         self._cancel.clear()
         self.state.busy = True
-        self.status.value = "refining..."
-        return self._start(refiner.iter_run, max_iters, tol, self._cancel.is_set,
-                           on_yield=lambda res: self._show_history(), desc="FANet refinement", total=max_iters)
+        self.status.value = (self._restart_note + "; " if self._restart_note else "") + "refining..."
+
+        def on_yield(item):
+            if isinstance(item, tuple) and item[0] == "refiner":
+                self._adopt_refiner(item[1], inp, session)
+            else:
+                self._show_history()
+
+        return self._start(_refine_job, plan, max_iters, tol, self._cancel.is_set, on_yield=on_yield,
+                           desc="FANet refinement", total=max_iters + (0 if isinstance(plan, FANetRefiner) else 1))
 
     def reset(self, *_):
+        """Forget the refinement: the next Step starts from the initial mask of the inputs chosen then."""
         if self.state.refiner is not None:
             self.state.refiner.reset()
-            self.plot.clear()
-            self._show_history()
+        self.state.set_refiner(None)
+        self._session = None
+        self.plot.clear()
+        self.status.value = "reset: the next Step starts a fresh refinement from the initial mask"
+
+    def _show_painted(self):
+        """The pixels the user painted, on their own layer: cyan = painted foreground, magenta = background."""
+        refiner, inp = self.state.refiner, self._context
+        if refiner is None or inp is None or not refiner.edit_mask.any():
+            if PAINTED_LAYER in self.viewer.layers and self.viewer.layers[PAINTED_LAYER].metadata.get("segattn"):
+                self.viewer.layers[PAINTED_LAYER].data = np.zeros_like(self.viewer.layers[PAINTED_LAYER].data)
+            return
+        edit = refiner.edit_mask
+        shown = np.where(edit, np.where(refiner.painted_values, 1, 2), 0).astype(np.uint8)
+        layer = upsert_layer(self.viewer, "labels", shown, PAINTED_LAYER, opacity=0.8,
+                             colormap=label_colormap(PAINTED_COLORS), **self._spatial_geometry(inp))
+        layer.visible = bool(self.keep_painted.value)
+        layer.editable = False
 
     def _show_history(self):
         refiner, inp = self.state.refiner, self._context
@@ -297,21 +400,50 @@ class PredictRefineWidget(Container):
         masks = [refiner.initial_mask] + [r.mask for r in refiner.history]
         stack = np.stack(masks).astype(np.uint8)
         geom = self._spatial_geometry(inp, leading=1)
-        upsert_layer(self.viewer, "labels", stack, "refinement (0 = initial mask)", opacity=0.5,
-                     metadata={"iteration_axis": 0}, **geom)
+        upsert_layer(self.viewer, "labels", stack, REFINEMENT_LAYER, opacity=0.45,
+                     colormap=label_colormap(REFINEMENT_COLORS), metadata={"iteration_axis": 0}, **geom)
         if self.show_probs.value and refiner.history:
             probs = np.stack([np.zeros_like(refiner.history[0].probabilities)] + [r.probabilities for r in refiner.history])
-            upsert_layer(self.viewer, "image", probs, "refinement probability", colormap="magma", blending="additive",
-                         opacity=0.5, contrast_limits=(0.0, 1.0), **geom)
-        # jump the dims slider to the newest iteration
-        step = list(self.viewer.dims.current_step)
-        step[0] = len(masks) - 1 if self.viewer.dims.ndim == stack.ndim else step[0]
-        self.viewer.dims.current_step = tuple(step)
+            upsert_layer(self.viewer, "image", probs, "refinement probability", **PROBABILITY_DISPLAY, **geom)
+        # name the new leading axis and jump the dims slider to the newest iteration
+        if self.viewer.dims.ndim == stack.ndim:
+            labels = list(self.viewer.dims.axis_labels)
+            labels[0] = "iteration"
+            self.viewer.dims.axis_labels = labels
+            step = list(self.viewer.dims.current_step)
+            step[0] = len(masks) - 1
+            self.viewer.dims.current_step = tuple(step)
         upsert_layer(self.viewer, "labels", refiner.current_mask.astype(np.uint8), self._feedback_layer_name(),
-                     opacity=0.4, **self._spatial_geometry(inp))
+                     opacity=0.5, colormap=label_colormap(FEEDBACK_COLORS), **self._spatial_geometry(inp))
+        self._show_painted()
+        init = (refiner.initial_metrics or {}).get("dice")
         dice = [r.metrics.get("dice") for r in refiner.history if r.metrics]
         if dice:
-            self.plot.set_series("dice", dice)
+            xs = (["init"] if init is not None else []) + [str(i + 1) for i in range(len(dice))]
+            self.plot.set_series("Dice", ([init] if init is not None else []) + dice, x_labels=xs)
         last = refiner.history[-1] if refiner.history else None
-        self.status.value = (f"{len(refiner.history)} iteration(s); last changed {last.changed_fraction:.4%}"
-                             + (f", Dice {last.metrics['dice']:.4f}" if last and last.metrics else "")) if last else "initial mask"
+        if last is None:
+            self.status.value = "initial mask" + (f" (Dice {init:.4f})" if init is not None else "")
+            return
+        text = f"{len(refiner.history)} iteration(s); last changed {last.changed_fraction:.4%}"
+        if last.metrics:
+            text += f", Dice {last.metrics['dice']:.4f}"
+        if last.edit is not None:
+            text += "; " + self._edit_report(refiner, last)
+        if getattr(self, "_gt_note", ""):
+            text += f"; {self._gt_note}"
+        if getattr(self, "_restart_note", ""):
+            text = f"{self._restart_note}. {text}"
+        self.status.value = text
+
+    @staticmethod
+    def _edit_report(refiner, res) -> str:
+        """How the model answered the user's painting in iteration ``res``."""
+        n_edit = int(res.edit.sum())
+        if refiner.pin_edits:
+            disagree = f"the model disagreed with {res.pinned:,} of your {n_edit:,} painted pixel(s) (kept as painted)"
+        else:
+            painted = refiner.painted_values
+            n = int(np.count_nonzero((res.mask != painted) & res.edit))
+            disagree = f"the model overwrote {n:,} of your {n_edit:,} painted pixel(s)"
+        return f"{res.changed_outside_edit:,} pixel(s) changed outside your edit; {disagree}"

@@ -82,7 +82,7 @@ class TrainWidget(Container):
         self.extend([self.recipe, self.epochs, self.batch_size, self.lr, self.loss, self.augment, self.tv_alpha,
                      self.val_fraction, self.tile, self.binarize, self.out_dir, self.train_button, self.cancel_button,
                      self.save_path, self.save_button, self.status])
-        self.plot = LivePlot("loss")
+        self.plot = LivePlot("loss", x_label="training step", y_label="loss / val Dice")
         self.native.layout().addWidget(self.plot)
         self.trainer = None
         self.worker = None
@@ -99,9 +99,14 @@ class TrainWidget(Container):
 
         if loaded is None:
             self.recipe.value = "(no model)"
+            self._fields_from = None
             return
         r = recipe_for(loaded.name)
-        self.recipe.value = f"{r.recipe}: {r.optimizer} lr {r.lr:g}, {r.loss}, batch {r.batch_size}, {r.epochs} epochs"
+        self.recipe.value = (f"{r.recipe}: {r.optimizer} lr {r.lr:g}, {r.loss}, batch {r.batch_size}; the paper "
+                             f"trains {r.epochs} epochs, here the epochs field counts")
+        if loaded is getattr(self, "_fields_from", None):
+            return  # the same model with new weights (our own run finished): the user's settings stay
+        self._fields_from = loaded
         self.batch_size.value = r.batch_size
         self.binarize.value = loaded.model.out_channels == 1
 

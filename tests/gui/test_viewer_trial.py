@@ -1,0 +1,194 @@
+"""Issue 14 (a new user's trial of every widget) and the widget part of issue 12 (painted
+pixels kept), driven through the widgets' own buttons and read back from napari layers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_workflow_widgets import _blobs, _build, _wait_idle
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def setup(make_napari_viewer):
+    from napari_segattn.widgets import CompareWidget, InspectWidget, ModelWidget, PredictRefineWidget, TrainWidget
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    img, gt = _blobs()
+    viewer.add_image(img, name="cells")
+    viewer.add_labels(gt, name="cells_gt")
+    widgets = {cls.__name__: cls(viewer) for cls in (ModelWidget, TrainWidget, PredictRefineWidget, InspectWidget, CompareWidget)}
+    return viewer, widgets, get_state(viewer), img, gt
+
+
+def _choose(widgets, image, gt):
+    mw = widgets["ModelWidget"]
+    mw.image_select.value = [image]
+    mw.gt_combo.value = gt
+
+
+def test_step_after_changing_the_image_starts_a_fresh_refinement(setup, qtbot):
+    """Bug 1: Step kept refining the previous image and drew its mask over the new one."""
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fanet", in_channels=1)
+    rw = widgets["PredictRefineWidget"]
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert len(state.refiner.history) == 1
+    other, other_gt = _blobs(seed=7)
+    viewer.add_image(other, name="other")
+    viewer.add_labels(other_gt, name="other_gt")
+    _choose(widgets, "other", "other_gt")
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    ref = state.refiner
+    assert len(ref.history) == 1, "a new image must start a new refinement, not continue the old one"
+    assert "starting a fresh refinement" in rw.status.value and "image layer(s)" in rw.status.value
+    # the mask drawn is the new image's, scored against the new ground truth
+    from napari_segattn.metrics import binary_metrics
+
+    shown = viewer.layers["refinement (0 = initial mask)"].data[1].astype(bool)
+    np.testing.assert_array_equal(shown, ref.history[0].mask)
+    assert ref.history[0].metrics["dice"] == pytest.approx(float(binary_metrics(shown, other_gt > 0)["dice"]))
+    # an image with NaNs: a clear message, the refinement the user had stays
+    bad = other.copy()
+    bad[3, 3] = np.nan
+    viewer.add_image(bad, name="with nan")
+    _choose(widgets, "with nan", "other_gt")
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert "NaN" in rw.status.value and state.refiner is ref and len(ref.history) == 1
+
+
+def test_reset_then_step_uses_the_inputs_chosen_now(setup, qtbot):
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fanet", in_channels=1)
+    rw = widgets["PredictRefineWidget"]
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    first = state.refiner
+    rw.reset_button.clicked.emit()
+    assert first.history == [] and state.refiner is None
+    rw.init.value = "empty"
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert state.refiner is not first and not state.refiner.initial_mask.any()
+
+
+def test_train_then_cancel_keeps_the_users_settings(setup, qtbot, tmp_path):
+    """Bug 2: Cancel put the recipe's batch size back over the user's."""
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1)
+    tw = widgets["TrainWidget"]
+    assert tw.batch_size.value == 4  # the recipe's
+    tw.batch_size.value = 3
+    tw.epochs.value = 500
+    tw.tile.value = 16
+    tw.out_dir.value = str(tmp_path / "run")
+    tw.train_button.clicked.emit()
+    qtbot.waitUntil(lambda: len(tw.train_events) >= 2, timeout=60_000)
+    tw.cancel_button.clicked.emit()
+    _wait_idle(qtbot, state, timeout=60_000)
+    assert tw.batch_size.value == 3 and tw.epochs.value == 500 and tw.tile.value == 16
+    assert "here the epochs field counts" in tw.recipe.value
+
+
+def test_compare_with_an_empty_checkpoint_field_names_the_field(setup, qtbot, tmp_path):
+    """Bug 4: the message had an empty file name and 'No such device'."""
+    from napari_segattn.models import build_model, save_model
+
+    viewer, widgets, state, img, gt = setup
+    cw = widgets["CompareWidget"]
+    cw.compare_button.clicked.emit()
+    assert "checkpoint a" in cw.status.value and "empty" in cw.status.value and not state.busy
+    cw.ckpt_a.value = str(save_model(build_model("unet", in_channels=1), tmp_path / "a.safetensors"))
+    cw.compare_button.clicked.emit()
+    assert "checkpoint b" in cw.status.value and "empty" in cw.status.value
+
+
+def test_predict_ignores_an_unrelated_ground_truth_of_another_shape(setup, qtbot):
+    """Bug 5: Predict refused to run because of the ground-truth layer it does not use."""
+    viewer, widgets, state, img, gt = setup
+    viewer.add_labels(np.zeros((10, 10), np.uint8), name="small labels")
+    _choose(widgets, "cells", "small labels")
+    _build(widgets, "unet", in_channels=1)
+    widgets["PredictRefineWidget"].predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert viewer.layers["prediction"].data.shape == img.shape
+    # where it is used, the message says which layer
+    iw = widgets["InspectWidget"]
+    iw.error_button.clicked.emit()
+    assert "error map" not in viewer.layers and not state.busy and "'small labels'" in iw.status.value
+
+
+def test_refinement_without_a_matching_ground_truth_runs_and_says_why_no_dice(setup, qtbot):
+    viewer, widgets, state, img, gt = setup
+    viewer.add_labels(np.zeros((10, 10), np.uint8), name="small labels")
+    _choose(widgets, "cells", "small labels")
+    _build(widgets, "fanet", in_channels=1)
+    rw = widgets["PredictRefineWidget"]
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert len(state.refiner.history) == 1 and state.refiner.history[0].metrics is None
+    assert "no Dice" in rw.status.value and "small labels" in rw.status.value
+
+
+def test_painted_pixels_are_kept_shown_and_reported(setup, qtbot):
+    """Issue 12: 'Keep painted pixels' (on by default) pins the paint; the status says how the
+    model answered the edit; the painted pixels have their own layer."""
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fanet", in_channels=1)
+    rw = widgets["PredictRefineWidget"]
+    assert rw.keep_painted.value is True
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    ref = state.refiner
+    assert ref.pin_edits
+    fb = viewer.layers["feedback mask (paint, then Step)"]
+    painted = fb.data.copy()
+    painted[:12, :12] = 1  # paint foreground
+    painted[50:, 50:] = 0  # erase
+    fb.data = painted
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    res = ref.history[-1]
+    assert res.edit is not None
+    edit = ref.edit_mask
+    # kept: the mask equals the painting wherever the user painted
+    np.testing.assert_array_equal(res.mask[edit], painted.astype(bool)[edit])
+    shown = viewer.layers["painted (fixed)"].data
+    np.testing.assert_array_equal(shown > 0, edit)
+    assert ((shown == 1) == (edit & painted.astype(bool))).all()
+    assert f"{res.changed_outside_edit:,} pixel(s) changed outside your edit" in rw.status.value
+    assert f"disagreed with {res.pinned:,} of your {int(edit.sum()):,} painted" in rw.status.value
+    # toggling mid-session applies to the next step
+    rw.keep_painted.value = False
+    assert ref.pin_edits is False and not viewer.layers["painted (fixed)"].visible
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert "overwrote" in rw.status.value and len(ref.history) == 3
+
+
+def test_dice_plot_starts_at_the_initial_mask_with_named_axes(setup, qtbot):
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fanet", in_channels=1)
+    rw = widgets["PredictRefineWidget"]
+    rw.max_iters.value = 2
+    rw.run_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    ref = state.refiner
+    plot = rw.plot
+    assert plot.x_labels[0] == "init" and plot.x_labels[1:] == [str(i + 1) for i in range(len(ref.history))]
+    ys = [y for _, y in plot.series["Dice"]]
+    assert ys[0] == pytest.approx(ref.initial_metrics["dice"])
+    (_, _), (y0, y1) = plot.ranges()
+    assert 0.0 <= y0 <= min(ys) and max(ys) <= y1 <= 1.0 and y1 - y0 >= 0.05
+    assert plot.x_label == "iteration" and plot.y_label == "Dice"
+    assert viewer.dims.axis_labels[0] == "iteration"
+    # refinement and feedback layers are told apart by colour
+    ref_c = viewer.layers["refinement (0 = initial mask)"].colormap.map(np.array([1]))[0]
+    fb_c = viewer.layers["feedback mask (paint, then Step)"].colormap.map(np.array([1]))[0]
+    assert not np.allclose(ref_c, fb_c)
