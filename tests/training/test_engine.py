@@ -345,68 +345,91 @@ def test_two_trainers_on_one_data_set_both_start_from_otsu():
         assert any(not np.array_equal(m, otsu_mask(train.raw(i)[0])) for i, m in enumerate(first_masks[-1]))
 
 
-def test_correction_aware_training_feeds_a_painted_copy_of_its_own_prediction():
-    """feedback='corrections', correction_prob=1: each step first predicts from the stored mask
-    (no gradient), then trains on that prediction with its largest error painted from the labels."""
+class _FeedSpy(torch.nn.Module):
+    """Records (image, fed mask, output, grad enabled, training mode) of every forward."""
+
+    def __init__(self, net, calls):
+        super().__init__()
+        self.net, self.calls = net, calls
+        self.segattn_config, self.out_channels = net.segattn_config, 1
+
+    def forward(self, x, mask):
+        out = self.net(x, mask)
+        self.calls.append((x.detach().clone(), mask.detach().clone(), out.detach().clone(),
+                           torch.is_grad_enabled(), self.training))
+        return out
+
+
+def _steps(calls):
+    """Split the recorded forwards into training steps: no-grad passes, then the trained one."""
+    steps, cur = [], []
+    for c in calls:
+        cur.append(c)
+        if c[3]:
+            steps.append(cur)
+            cur = []
+    assert not cur, "a no-grad pass was not followed by a trained forward"
+    return steps
+
+
+def test_correction_aware_training_feeds_a_painted_copy_of_the_previous_mask():
+    """feedback='corrections', correction_prob=1: each step starts from the Otsu mask of the view,
+    runs 0..2 no-grad passes in eval mode, and every pass (and the trained one) is fed the previous
+    mask with its largest error painted from the labels. The store stages the last own mask."""
     from napari_segattn.data import error_regions, otsu_mask
+    from napari_segattn.data.corrections import _brush
 
     calls = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x, mask):
-            out = self.net(x, mask)
-            calls.append((mask.detach().clone(), out.detach().clone(), torch.is_grad_enabled()))
-            return out
-
     torch.manual_seed(0)
-    net = build_model("_tiny_fb")
-    spy = Spy(net)
-    spy.segattn_config, spy.out_channels = net.segattn_config, 1
+    spy = _FeedSpy(build_model("_tiny_fb"), calls)
     ds = toy_dataset(2)
-    cfg = dataclasses.replace(recipe_for("fanet"), epochs=1, batch_size=2, augment="none",
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=6, batch_size=2, augment="none",
                               feedback="corrections", correction_prob=1.0)
     tr = Trainer(spy, ds, None, cfg, device="cpu")
     tr.fit()
-    assert len(calls) == 2 and not calls[0][2] and calls[1][2]
-    (stored, own_logits, _), (fed, _, _) = calls
-    order = list(tr.sampler)
+    steps = _steps(calls)
+    assert len(steps) == 6
+    assert min(len(s) for s in steps) == 1 and max(len(s) for s in steps) > 1  # both were drawn
+    truth = np.stack([ds.label(i) > 0 for i in range(len(ds))])
+    painted = 0
+    for epoch, step in enumerate(steps):  # one step per epoch
+        tr.sampler.set_epoch(epoch)
+        order = list(tr.sampler)
+        assert all(not c[4] for c in step[:-1]) and step[-1][4]  # no-grad passes in eval mode
+        previous = np.stack([otsu_mask(v) for v in step[0][0].numpy()])
+        for x, fed, out, _, _ in step:
+            for k in range(len(previous)):
+                largest = error_regions(previous[k], truth[order[k]], 1)
+                if largest:
+                    dot = _brush(largest[0], 0)  # the region's most interior pixel
+                    np.testing.assert_array_equal(fed[k, 0].numpy()[dot] > 0.5, truth[order[k]][dot])
+                    painted += 1
+            previous = torch.sigmoid(out[:, 0]).numpy() > 0.5
+    assert painted > 0
+    # the store keeps the last own mask of the last step (the trained forward's after 0 passes)
+    last = steps[-1]
+    own = torch.sigmoid((last[-2] if len(last) > 1 else last[-1])[2][:, 0]).numpy() > 0.5
     for k, i in enumerate(order):
-        np.testing.assert_array_equal(stored[k, 0].numpy(), otsu_mask(ds.raw(i)[0]).astype(np.float32))
-        own = torch.sigmoid(own_logits[k, 0]).numpy() > 0.5
-        truth = ds.label(i) > 0
-        largest = error_regions(own, truth, 1)
-        if largest:
-            np.testing.assert_array_equal(fed[k, 0].numpy()[largest[0]] > 0.5, truth[largest[0]])
-        # the store keeps the released feedback: the prediction from the stored mask
-        np.testing.assert_array_equal(tr.mask_store.get(i), own)
+        np.testing.assert_array_equal(tr.mask_store.get(i), own[k])
 
 
-def test_corrections_mode_feeds_the_aligned_own_prediction():
-    """correction_prob=0: every step feeds the no-grad prediction made on the same view, not the
-    stored mask (which comes from an earlier epoch's view)."""
+def test_corrections_mode_feeds_aligned_masks():
+    """correction_prob=0: the first pass of each step is fed the Otsu mask of the very view it sees
+    (not the stored mask, which comes from an earlier epoch's view), each later pass the
+    prediction of the one before."""
+    from napari_segattn.data import otsu_mask
+
     calls = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x, mask):
-            out = self.net(x, mask)
-            calls.append((mask.detach().clone(), out.detach().clone()))
-            return out
-
     torch.manual_seed(0)
-    net = build_model("_tiny_fb_nodrop")
-    spy = Spy(net)
-    spy.segattn_config, spy.out_channels = net.segattn_config, 1
-    cfg = dataclasses.replace(recipe_for("fanet"), epochs=2, batch_size=2, augment="flip",
+    spy = _FeedSpy(build_model("_tiny_fb_nodrop"), calls)
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=6, batch_size=2, augment="flip",
                               feedback="corrections", correction_prob=0.0)
     Trainer(spy, toy_dataset(2), None, cfg, device="cpu").fit()
-    assert len(calls) == 4  # two passes per step
-    for (_, first_out), (fed, _) in (calls[0:2], calls[2:4]):
-        np.testing.assert_array_equal(fed.numpy(), (torch.sigmoid(first_out) > 0.5).float().numpy())
+    steps = _steps(calls)
+    assert max(len(s) for s in steps) >= 2
+    for step in steps:
+        x0 = step[0][0].numpy()
+        np.testing.assert_array_equal(step[0][1][:, 0].numpy(), np.stack([otsu_mask(v) for v in x0]).astype(np.float32))
+        for (x, _, out, _, _), (x_next, fed, _, _, _) in zip(step, step[1:]):
+            np.testing.assert_array_equal(x_next.numpy(), x.numpy())
+            np.testing.assert_array_equal(fed.numpy(), (torch.sigmoid(out) > 0.5).float().numpy())

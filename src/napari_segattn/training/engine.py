@@ -338,23 +338,46 @@ class Trainer:
 
     @torch.no_grad()
     def _simulated_corrections(self, x, extras, y, epoch: int, step: int):
-        """Correction-aware training (RITM's iterative training, with painted corrections):
-        predict from the stored mask without gradient, then feed that prediction, made on this
-        very augmented view, so the fed mask is aligned with image and labels (the stored one is
-        not: it comes from another epoch's view, D4); for each sample with probability
-        ``correction_prob`` a simulated user correction of it. Returns the new feedback and the
-        no-grad prediction (staged in the mask store as the released loop would)."""
-        from ..data import simulate_correction
+        """Correction-aware training, RITM's iterative training with painted corrections.
+
+        The fed mask is built on this very augmented view, so it is aligned with image and labels
+        (the stored mask is not: it comes from another epoch's view, D4). Start from the Otsu mask
+        of the view (what inference starts from), then run 0..2 no-grad steps with the model in
+        eval mode, each fed the previous mask or, with probability ``correction_prob``, a
+        simulated user correction of it. The trained forward gets the last mask, corrected with
+        the same probability. Otsu, the model's own masks and corrections of both are all seen
+        throughout training. Returns the new feedback and the last own prediction (None after 0
+        steps), which the mask store stages as the released loop would.
+        """
+        from ..data import otsu_mask, simulate_correction
 
         rng = np.random.default_rng([self.config.seed, epoch, step, self.rank, 104729])
-        chosen = rng.random(x.shape[0]) < self.config.correction_prob
-        with self._autocast():
-            own = self._mask_from_logits(self.ddp(x, *extras))
+        p = self.config.correction_prob
         truth = self._target(y).cpu().numpy() > 0
-        fed = torch.from_numpy(own[:, None].astype(np.float32)).to(extras[0].device)
-        for b in np.flatnonzero(chosen):
-            fed[b, 0] = torch.from_numpy(simulate_correction(own[b], truth[b], rng).astype(np.float32))
-        return (fed, *extras[1:]), own
+        mask = np.stack([otsu_mask(v, channel_axis=0) for v in x.float().cpu().numpy()])
+        own = None
+
+        def corrected(m: np.ndarray) -> np.ndarray:
+            out = m.copy()
+            for b in np.flatnonzero(rng.random(len(m)) < p):
+                out[b] = simulate_correction(m[b], truth[b], rng)
+            return out
+
+        def as_feedback(m: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(m[:, None].astype(np.float32)).to(extras[0].device)
+
+        steps = int(rng.integers(0, 3))
+        if steps:
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                for _ in range(steps):
+                    with self._autocast():
+                        own = self._mask_from_logits(self.model(x, as_feedback(corrected(mask)), *extras[1:]))
+                    mask = own
+            finally:
+                self.model.train(was_training)
+        return (as_feedback(corrected(mask)), *extras[1:]), own
 
     def _mask_from_logits(self, logits: torch.Tensor) -> np.ndarray:
         # FANet stores σ(z) > 0.5 (train.py); for a multi-class feedback model, argmax > 0.
