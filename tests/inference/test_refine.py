@@ -171,3 +171,32 @@ def test_edits_accumulate_and_reset_clears_them(standin):
     assert ref.step().changed_outside_edit == 1  # dilate(seed) & line adds (4,2)
     ref.reset()
     assert not ref.edit_mask.any() and ref.step().edit is None
+
+
+def test_an_edit_input_model_is_fed_the_feedback_code_of_what_was_painted(monkeypatch):
+    """FANet(edit_input=True) is told which pixels the user painted (models.fanet.feedback_code);
+    a released FANet keeps getting the plain 0/1 mask."""
+    import torch
+
+    from napari_segattn.models import build_model
+    from napari_segattn.models.fanet import FANet, feedback_code
+
+    fed = []
+    forward = FANet._forward
+    # the refiner runs a folded copy of the model, so record at the class
+    monkeypatch.setattr(FANet, "_forward", lambda self, x, m: (fed.append(m.detach().clone()), forward(self, x, m))[1])
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    for edit_input in (True, False):
+        net = build_model("fanet", in_channels=1, out_channels=1, width=4, mixpool="none",
+                          mask_input=edit_input, edit_input=edit_input)
+        fed.clear()
+        ref = FANetRefiner(net, img, channel_axis=None, device="cpu", pin_edits=True)
+        ref.step()
+        painted = ref.current_mask
+        painted[2:6, 2:6] = ~painted[2:6, 2:6]
+        ref.set_mask(painted)
+        ref.step()
+        want = feedback_code(painted, ref.edit_mask, ref.painted_values) if edit_input else painted.astype(np.float32)
+        np.testing.assert_array_equal(fed[-1][0, 0].numpy(), want)
+        assert fed[0].min() >= 0 and fed[0].max() <= 1  # nothing painted yet: the plain mask
+        assert (fed[-1].min() < 0) == edit_input

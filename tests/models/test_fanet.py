@@ -172,3 +172,50 @@ def test_mask_input_adds_one_input_channel_to_the_first_block():
     a = withm(x, torch.zeros(1, 1, 32, 32))
     b = withm(x, torch.ones(1, 1, 32, 32))
     assert a.shape == (1, 1, 32, 32) and not torch.allclose(a, b)
+
+
+def test_edit_input_decodes_the_feedback_code_into_mask_and_signed_edit_channels():
+    """edit_input=True: one more e1 input channel (10 x width weights); the fed code is split
+    into the 0/1 mask and the signed edit (+1 painted fg, -1 painted bg), checked against a
+    model fed the two channels by hand through the same weights."""
+    import numpy as np
+
+    from napari_segattn.models import build_model
+    from napari_segattn.models.fanet import PAINTED_BACKGROUND, PAINTED_FOREGROUND, feedback_code
+
+    mask = np.zeros((32, 32), bool)
+    mask[4:20, 4:20] = True
+    edit = np.zeros_like(mask)
+    edit[0:8, 0:8] = True  # painted: fg over the mask's bg and fg, bg elsewhere in the square
+    painted = np.zeros_like(mask)
+    painted[0:4, 0:8] = True
+    code = feedback_code(mask, edit, painted)
+    assert set(np.unique(code)) == {PAINTED_BACKGROUND, 0.0, 1.0, PAINTED_FOREGROUND}
+    np.testing.assert_array_equal(code[~edit], mask[~edit].astype(np.float32))
+    np.testing.assert_array_equal(code[edit] == PAINTED_FOREGROUND, painted[edit])
+    np.testing.assert_array_equal(feedback_code(mask), mask.astype(np.float32))
+
+    m = build_model("fanet", in_channels=1, out_channels=1, width=8, mixpool="all", mask_input=True,
+                    edit_input=True).eval()
+    base = build_model("fanet", in_channels=1, out_channels=1, width=8, mixpool="all", mask_input=True)
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(m) - count(base) == 10 * 8
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 32, 32)
+    t = lambda a: torch.from_numpy(np.asarray(a, np.float32))[None, None]  # noqa: E731
+    decoded_mask = np.where(edit, painted, mask)
+    signed = edit & painted
+    signed = signed.astype(np.float32) - (edit & ~painted).astype(np.float32)
+    with torch.no_grad():
+        got = m(x, t(code))
+        # by hand: the e1 input is [image, mask, signed edit]; MixPool and the output see the mask
+        xin = torch.cat([x, t(decoded_mask), t(signed)], 1)
+        h, skips = xin, []
+        for enc in m.encoders:
+            h, s = enc(h, t(decoded_mask))
+            skips.append(s)
+        for dec, s in zip(m.decoders, reversed(skips)):
+            h = dec(h, s, t(decoded_mask))
+        want = m.output(torch.cat([h, t(decoded_mask)], 1))
+        torch.testing.assert_close(got, want)
+        assert not torch.allclose(got, m(x, t(decoded_mask)))  # the edit channel matters

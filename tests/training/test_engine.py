@@ -433,3 +433,36 @@ def test_corrections_mode_feeds_aligned_masks():
         for (x, _, out, _, _), (x_next, fed, _, _, _) in zip(step, step[1:]):
             np.testing.assert_array_equal(x_next.numpy(), x.numpy())
             np.testing.assert_array_equal(fed.numpy(), (torch.sigmoid(out) > 0.5).float().numpy())
+
+
+def test_an_edit_input_model_is_told_which_pixels_were_painted():
+    """For FANet(edit_input=True) the fed code marks the simulated painting: every painted pixel
+    carries the label's value (PAINTED_FOREGROUND / PAINTED_BACKGROUND), and the paint stays
+    put in the passes that follow (as FANetRefiner(pin_edits=True) keeps it)."""
+    from napari_segattn.models.fanet import PAINTED_BACKGROUND, PAINTED_FOREGROUND
+
+    calls = []
+    torch.manual_seed(0)
+    net = build_model("fanet", in_channels=1, out_channels=1, width=4, mixpool="none", mask_input=True,
+                      edit_input=True)
+    spy = _FeedSpy(net, calls)
+    spy.edit_input = True
+    ds = toy_dataset(2, size=32)
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=6, batch_size=2, augment="none",
+                              feedback="corrections", correction_prob=1.0)
+    tr = Trainer(spy, ds, None, cfg, device="cpu")
+    tr.fit()
+    steps = _steps(calls)
+    assert max(len(s) for s in steps) > 1
+    for epoch, step in enumerate(steps):
+        tr.sampler.set_epoch(epoch)
+        truth = np.stack([ds.label(i) > 0 for i in tr.sampler])
+        before = None
+        for _, code, _, _, _ in step:
+            code = code[:, 0].numpy()
+            edit = (code == PAINTED_FOREGROUND) | (code == PAINTED_BACKGROUND)
+            assert edit.any() and set(np.unique(code)) <= {PAINTED_BACKGROUND, 0.0, 1.0, PAINTED_FOREGROUND}
+            np.testing.assert_array_equal((code == PAINTED_FOREGROUND)[edit], truth[edit])
+            if before is not None:
+                assert (edit | ~before).all()  # painted pixels stay painted
+            before = edit

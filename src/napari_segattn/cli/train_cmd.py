@@ -52,7 +52,8 @@ def add_parser(sub) -> None:
     fb.add_argument("--feedback", choices=["released", "corrections"],
                     help="what FANet is fed while training: its stored previous prediction (released, the "
                          "default) or, with probability --correction-prob, a simulated user correction of its "
-                         "current prediction; pair with --model-options '{\"mask_input\": true}'")
+                         "current mask; pair with --model-options "
+                         "'{\"mixpool\": \"none\", \"mask_input\": true, \"edit_input\": true}'")
     fb.add_argument("--correction-prob", type=float_range(0.0, 1.0, low_open=False, high_open=False), metavar="P",
                     help="share of samples fed a simulated correction with --feedback corrections (default 0.5)")
     p.set_defaults(func=run)

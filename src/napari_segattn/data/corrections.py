@@ -69,11 +69,13 @@ def paint_largest_errors(mask: np.ndarray, truth: np.ndarray, n: int = 1,
 
 def simulate_correction(pred: np.ndarray, truth: np.ndarray, rng: np.random.Generator, *,
                         max_regions: int = 3, p_morph: float = 0.5, p_drop: float = 0.3,
-                        radius: tuple[int, int] | None = (8, 48)) -> np.ndarray:
+                        radius: tuple[int, int] | None = (8, 48), return_region: bool = False):
     """A plausible corrected mask for training: the model's ``pred`` with 1..``max_regions`` of
     its largest errors painted from ``truth`` (with a brush of a radius drawn from ``radius``,
     or whole components when None), then, outside the painted pixels, a one-pixel erosion or
-    dilation (probability ``p_morph``) and one dropped object (``p_drop``)."""
+    dilation (probability ``p_morph``) and one dropped object (``p_drop``).
+
+    ``return_region``: return ``(mask, painted region)``, for models told what was painted."""
     from scipy import ndimage
     from skimage.measure import label
 
@@ -88,4 +90,4 @@ def simulate_correction(pred: np.ndarray, truth: np.ndarray, rng: np.random.Gene
         lab, n = label(out & free, connectivity=1, return_num=True)
         if n:
             out = out & (lab != int(rng.integers(1, n + 1)))
-    return out
+    return (out, region) if return_region else out

@@ -197,14 +197,19 @@ class FANetRefiner:
         """One feedback iteration: predict from the current mask, binarise, record."""
         t0 = time.perf_counter()
         fed = self._next_mask
-        masks = self.layout.spatial_to_stack(fed)
+        has_edit = bool(self._edit.any())
+        feedback = fed
+        if has_edit and getattr(self.model, "edit_input", False):
+            from ..models.fanet import feedback_code
+
+            feedback = feedback_code(fed, self._edit, self._painted)  # the model sees what was painted
+        masks = self.layout.spatial_to_stack(feedback)
         # whole slices or Gaussian-blended windows (the feedback mask cut like the image)
         probs = stack_probabilities(self.model, self.traits, self._stack, masks, device=self.device, amp=self.amp,
                                     batch_size=self.batch_size, cancel=cancel, **self.tiling)[:, 0]
         check_finite_output(probs, self.traits.name)
         p = self.layout.spatial_from_stack(probs)
         mask = binarize(p, self.threshold)
-        has_edit = bool(self._edit.any())
         pinned = 0
         if self.pin_edits and has_edit:
             pinned = int(np.count_nonzero(mask[self._edit] != self._painted[self._edit]))

@@ -8,6 +8,7 @@ gives the paper's 7.72M parameters (5.76M without MixPool).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,7 +17,7 @@ from .base import SegmentationModel
 from .recorder import ExposesAttention
 from .registry import register_model
 
-__all__ = ["FANet", "SELayer", "SEResidualBlock", "MixPool"]
+__all__ = ["FANet", "SELayer", "SEResidualBlock", "MixPool", "feedback_code", "PAINTED_BACKGROUND", "PAINTED_FOREGROUND"]
 
 MIXPOOL_MODES = ("all", "first_last", "none")
 MASK_GRAD_MODES = ("none", "ste")
@@ -172,6 +173,12 @@ class FANet(SegmentationModel):
     before the output conv; interactive segmentation models (RITM, SAM, nnInteractive) give
     the previous mask to the encoder from the first layer, which lets a user's correction
     steer every feature. Used by correction-aware training (docs/models-feedback.md).
+    ``edit_input``: the fed mask carries the user's edit (:func:`feedback_code`) and the signed
+    edit map (+1 painted foreground, -1 painted background, 0 untouched) is one more input
+    channel (ours). A mask alone cannot tell the model which pixels a person vouched for and
+    which are its own guesses; RITM and nnInteractive give the clicks/scribbles as separate
+    channels beside the previous mask for the same reason. MixPool and the output concat see
+    the plain 0/1 mask.
     """
 
     stride = 16
@@ -184,6 +191,7 @@ class FANet(SegmentationModel):
         mask_grad: str = "none",
         width: int = 32,
         mask_input: bool = False,
+        edit_input: bool = False,
     ) -> None:
         super().__init__(in_channels, out_channels)
         if width < 4 or width % 2:
@@ -195,8 +203,9 @@ class FANet(SegmentationModel):
         self.mixpool_mode = mixpool
         self.mask_grad = mask_grad
         self.mask_input = bool(mask_input)
+        self.edit_input = bool(edit_input)
         w = width
-        enc = [in_channels + int(self.mask_input), w, 2 * w, 4 * w, 8 * w]
+        enc = [in_channels + int(self.mask_input) + int(self.edit_input), w, 2 * w, 4 * w, 8 * w]
         self.encoders = nn.ModuleList(
             _EncoderBlock(enc[i], enc[i + 1], at[i], mask_grad) for i in range(4)
         )
@@ -222,8 +231,13 @@ class FANet(SegmentationModel):
 
     def _forward(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
         (mask,) = extras
+        if self.edit_input:
+            edit = (mask > 1.5).to(x.dtype) - (mask < -0.5).to(x.dtype)
+            mask = (mask > 0.5).to(x.dtype)
         if self.mask_input:
             x = torch.cat([x, mask], dim=1)
+        if self.edit_input:
+            x = torch.cat([x, edit], dim=1)
         skips = []
         for enc in self.encoders:
             x, skip = enc(x, mask)
@@ -231,3 +245,22 @@ class FANet(SegmentationModel):
         for dec, skip in zip(self.decoders, reversed(skips)):
             x = dec(x, skip, mask)
         return self.output(torch.cat([x, mask], dim=1))
+
+
+#: :func:`feedback_code` values of painted pixels (unpainted pixels are the 0/1 mask)
+PAINTED_BACKGROUND, PAINTED_FOREGROUND = -1.0, 2.0
+
+
+def feedback_code(mask: np.ndarray, edit: np.ndarray | None = None, painted: np.ndarray | None = None) -> np.ndarray:
+    """The feedback array of an ``edit_input`` FANet: one float32 map, so that everything that
+    carries a mask (tiling, batching, the mask store) carries the edit with it. Unpainted pixels
+    are the 0/1 ``mask``; pixels in ``edit`` are PAINTED_FOREGROUND / PAINTED_BACKGROUND by their
+    ``painted`` value (default: the mask's). ``FANet._forward`` decodes it."""
+    code = np.asarray(mask, bool).astype(np.float32)
+    if edit is None:
+        return code
+    edit = np.asarray(edit, bool)
+    value = np.asarray(mask if painted is None else painted, bool)
+    code[edit & value] = PAINTED_FOREGROUND
+    code[edit & ~value] = PAINTED_BACKGROUND
+    return code

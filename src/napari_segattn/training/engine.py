@@ -342,42 +342,51 @@ class Trainer:
 
         The fed mask is built on this very augmented view, so it is aligned with image and labels
         (the stored mask is not: it comes from another epoch's view, D4). Start from the Otsu mask
-        of the view (what inference starts from), then run 0..2 no-grad steps with the model in
+        of the view (what inference starts from), then run 0..2 no-grad passes with the model in
         eval mode, each fed the previous mask or, with probability ``correction_prob``, a
         simulated user correction of it. The trained forward gets the last mask, corrected with
         the same probability. Otsu, the model's own masks and corrections of both are all seen
-        throughout training. Returns the new feedback and the last own prediction (None after 0
-        steps), which the mask store stages as the released loop would.
+        throughout training. As in ``FANetRefiner(pin_edits=True)``, painted pixels accumulate,
+        keep their painted value in later passes and, for an ``edit_input`` model, are marked in
+        the fed code. Returns the new feedback and the last own prediction (None after 0
+        passes), which the mask store stages as the released loop would.
         """
         from ..data import otsu_mask, simulate_correction
+        from ..models.fanet import feedback_code
 
         rng = np.random.default_rng([self.config.seed, epoch, step, self.rank, 104729])
         p = self.config.correction_prob
+        tell_edits = bool(getattr(self.model, "edit_input", False))
         truth = self._target(y).cpu().numpy() > 0
         mask = np.stack([otsu_mask(v, channel_axis=0) for v in x.float().cpu().numpy()])
+        edit = np.zeros_like(mask)
+        painted = np.zeros_like(mask)
         own = None
 
-        def corrected(m: np.ndarray) -> np.ndarray:
-            out = m.copy()
+        def correct(m: np.ndarray) -> torch.Tensor:
+            """Paint some samples (recorded in edit/painted) and encode the feedback."""
+            m = m.copy()
             for b in np.flatnonzero(rng.random(len(m)) < p):
-                out[b] = simulate_correction(m[b], truth[b], rng)
-            return out
+                m[b], region = simulate_correction(m[b], truth[b], rng, return_region=True)
+                edit[b] |= region
+                painted[b][region] = truth[b][region]
+            m = np.where(edit, painted, m)
+            code = np.stack([feedback_code(mb, eb, pb) if tell_edits else feedback_code(mb)
+                             for mb, eb, pb in zip(m, edit, painted)])
+            return torch.from_numpy(code[:, None]).to(extras[0].device)
 
-        def as_feedback(m: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(m[:, None].astype(np.float32)).to(extras[0].device)
-
-        steps = int(rng.integers(0, 3))
-        if steps:
+        passes = int(rng.integers(0, 3))
+        if passes:
             was_training = self.model.training
             self.model.eval()
             try:
-                for _ in range(steps):
+                for _ in range(passes):
                     with self._autocast():
-                        own = self._mask_from_logits(self.model(x, as_feedback(corrected(mask)), *extras[1:]))
+                        own = self._mask_from_logits(self.model(x, correct(mask), *extras[1:]))
                     mask = own
             finally:
                 self.model.train(was_training)
-        return (as_feedback(corrected(mask)), *extras[1:]), own
+        return (correct(mask), *extras[1:]), own
 
     def _mask_from_logits(self, logits: torch.Tensor) -> np.ndarray:
         # FANet stores σ(z) > 0.5 (train.py); for a multi-class feedback model, argmax > 0.
