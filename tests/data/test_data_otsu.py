@@ -74,3 +74,35 @@ def test_against_opencv_when_installed():
         g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         _, th = cv2.threshold(cv2.GaussianBlur(g, (5, 5), 0), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         assert np.array_equal(otsu_mask(np.moveaxis(rgb, -1, 0)), th > 0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_row_blocked_otsu_equals_the_one_piece_computation(dtype):
+    """otsu_mask works in row blocks and integer blur (bounded memory at 8k); on an image taller
+    than one block it gives exactly the one-piece float64 computation with skimage's Otsu."""
+    from scipy.ndimage import correlate1d
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (80, 6, 3)).astype(np.float64)
+    img = np.kron(small, np.ones((16, 7, 1))).astype(dtype)  # 1280 x 42 x 3: three row blocks
+    if dtype == np.uint8:
+        r, g, b = (img[..., i].astype(np.int64) for i in range(3))
+        gray = ((9798 * r + 19235 * g + 3735 * b + (1 << 14)) >> 15).astype(np.uint8)
+    else:
+        lum = np.tensordot(img.astype(np.float64), [0.299, 0.587, 0.114], axes=([2], [0]))
+        gray = np.rint((lum - lum.min()) / (lum.max() - lum.min()) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(to_gray_uint8(img, channel_axis=-1), gray)
+    k = np.array([1, 4, 6, 4, 1]) / 16
+    x = correlate1d(correlate1d(gray.astype(np.float64), k, axis=0, mode="mirror"), k, axis=1, mode="mirror")
+    blurred = np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(blur5(gray), blurred)
+    np.testing.assert_array_equal(otsu_mask(img, channel_axis=-1), blurred > threshold_otsu(blurred))
+    assert threshold_otsu(blurred) == brute_otsu_threshold(blurred)
+
+
+def test_nan_anywhere_is_refused():
+    img = np.zeros((700, 5), np.float32)
+    img[650, 3] = np.nan
+    with pytest.raises(Exception, match="NaN"):
+        otsu_mask(img)

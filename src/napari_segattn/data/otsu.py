@@ -60,11 +60,15 @@ def to_gray_uint8(image: np.ndarray, channel_axis: int | None = 0, gray: str = "
                 # cv2.cvtColor's 8-bit fixed point: (9798 R + 19235 G + 3735 B + 2^14) >> 15
                 # (verified bit-exact against OpenCV 4.14). imread(IMREAD_GRAYSCALE) lets the
                 # PNG/JPEG decoder convert instead, which can differ by one grey level.
-                r, gg, b = (x[i].astype(np.int64) for i in range(3))
-                return ((9798 * r + 19235 * gg + 3735 * b + (1 << 14)) >> 15).astype(np.uint8)
-            g = np.tensordot(np.asarray(LUMA_RGB), x.astype(np.float64), axes=1)
+                # int32 holds 255 * 32768; row blocks keep the transient to a few MB (an 8k
+                # slice in one piece took 2.5 GB in int64).
+                return _by_rows(x, lambda c: ((9798 * c[0].astype(np.int32) + 19235 * c[1].astype(np.int32)
+                                               + 3735 * c[2].astype(np.int32) + (1 << 14)) >> 15).astype(np.uint8),
+                                np.uint8)
+            weights = np.asarray(LUMA_RGB)
+            g = _by_rows(x, lambda c: np.tensordot(weights, c.astype(np.float64), axes=1), np.float64)
         elif mode == "mean":
-            g = x.astype(np.float64).mean(axis=0)
+            g = _by_rows(x, lambda c: c.astype(np.float64).mean(axis=0), np.float64)
         else:
             raise DataError(f"unknown gray conversion {gray!r}; use 'auto', 'luma' or 'mean'")
         if image.dtype == np.uint8:
@@ -74,24 +78,42 @@ def to_gray_uint8(image: np.ndarray, channel_axis: int | None = 0, gray: str = "
         raise DataError(f"otsu_mask expects HxW or CxHxW, got shape {x.shape}")
     if x.dtype == np.uint8:
         return x
-    x = x.astype(np.float64)
-    if not np.all(np.isfinite(x)):
+    if x.dtype.kind == "f" and not np.isfinite(x.min() + x.max()):  # NaN or Inf anywhere shows here
         raise DataError("otsu_mask: image contains NaN/Inf")
-    lo, hi = x.min(), x.max()
+    lo, hi = float(x.min()), float(x.max())
     if hi <= lo:
         return np.zeros(x.shape, dtype=np.uint8)
-    return np.rint((x - lo) / (hi - lo) * 255).astype(np.uint8)
+    return _by_rows(x[None], lambda c: np.rint((c[0].astype(np.float64) - lo) / (hi - lo) * 255).astype(np.uint8),
+                    np.uint8)
+
+
+def _by_rows(x: np.ndarray, f, dtype, rows: int = 512) -> np.ndarray:
+    """``f`` applied to blocks of rows of a ``C x H x W`` array, written into one ``H x W``
+    result: the same values as ``f(x)`` with a temporary of ``rows`` rows, not of the image."""
+    out = np.empty(x.shape[1:], dtype)
+    for r in range(0, x.shape[1], rows):
+        out[r:r + rows] = f(x[:, r:r + rows])
+    return out
 
 
 def blur5(gray_u8: np.ndarray, kind: str = "opencv") -> np.ndarray:
     """Separable 5x5 blur with OpenCV's default reflect-101 border, rounded back to uint8."""
     from scipy.ndimage import correlate1d
 
+    if kind == "opencv":
+        # The binomial [1, 4, 6, 4, 1] in integers: both passes stay exact in uint16 (at most
+        # 255 * 16 * 16 = 65280), 2 bytes a pixel instead of float64's 8 (an 8k slice: 0.4 GB
+        # of temporaries, not 1.5 GB); /256 rounded half up as OpenCV's fixed-point path does.
+        k = (OPENCV_BINOMIAL_5 * 16).astype(np.uint16)
+        x = correlate1d(gray_u8.astype(np.uint16), k, axis=0, mode="mirror")  # "mirror" == BORDER_REFLECT_101
+        x = correlate1d(x, k, axis=1, mode="mirror", output=x)
+        x += 128
+        x >>= 8
+        return x.astype(np.uint8)
     k = gaussian_kernel_1d(5, kind)
     x = gray_u8.astype(np.float64)
-    x = correlate1d(x, k, axis=0, mode="mirror")  # scipy "mirror" == OpenCV BORDER_REFLECT_101
+    x = correlate1d(x, k, axis=0, mode="mirror")
     x = correlate1d(x, k, axis=1, mode="mirror")
-    # OpenCV's fixed-point 8-bit path rounds half up; the binomial weights make .5 ties common.
     return np.clip(np.floor(x + 0.5), 0, 255).astype(np.uint8)
 
 
@@ -101,6 +123,10 @@ def otsu_mask(image: np.ndarray, channel_axis: int | None = 0, *, gray: str = "a
 
     g = to_gray_uint8(image, channel_axis if np.ndim(image) == 3 else None, gray)
     b = blur5(g, kernel)
-    if b.min() == b.max():
+    lo, hi = int(b.min()), int(b.max())
+    if lo == hi:
         return np.zeros(b.shape, dtype=bool)  # one level: Otsu is undefined, nothing stands out
-    return b > threshold_otsu(b)
+    # The histogram skimage would build for a uint8 image (one bin per level, min..max), counted
+    # by row blocks: threshold_otsu(b) would first copy the image to intp (8 B a pixel).
+    counts = sum(np.bincount(r.ravel(), minlength=256) for r in np.array_split(b, max(1, b.shape[0] // 512)))
+    return b > threshold_otsu(hist=(counts[lo:hi + 1], np.arange(lo, hi + 1)))
