@@ -121,3 +121,42 @@ def test_blocks_as_tasks_on_a_local_cluster_and_resume(tmp_path):
         assert again.blocks_done_before == 9
         assert again.windows == sum(len(grid.touching((slice(32, 64), slice(x, x + 32)))) for x in (32, 64, 96))
         np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["labels"][:].astype(bool), ref.labels)
+
+
+def test_fanet_iterations_in_the_store_equal_the_in_memory_refiner_and_resume(tmp_path, standin):
+    """iterations=4: each iteration over every block before the next (the mask grows across block
+    borders), the same masks and probabilities as FANetRefiner's 4 tiled steps; a run cancelled in
+    the middle of an iteration resumes to the same result."""
+    from napari_segattn.inference import FANetRefiner
+
+    img = np.zeros((90, 120), np.float32)
+    img[10:80, 15:110] = 1.0
+    seed = np.zeros(img.shape, bool)
+    seed[30:34, 46:50] = True  # at the corner of four 48x48 blocks: growth must cross them
+    ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu", tile=32, overlap=0.25)
+    for _ in range(4):
+        last = ref.step()
+    kw = dict(device="cpu", tile=32, overlap=0.25, chunk=16, block=48, mask=seed, iterations=4, batch_size=2)
+    res = predict_to_zarr(standin("fanet"), img, tmp_path / "o.zarr", **kw)
+    g = res.open()
+    assert (g["done"][:] == 4).all() and res.windows == 4 * sum(
+        len(make_grid(img.shape, (32, 32), 0.25).touching(r)) for r in
+        [(slice(y, min(y + 48, 90)), slice(x, min(x + 48, 120))) for y in (0, 48) for x in (0, 48, 96)])
+    np.testing.assert_array_equal(g["labels"][:].astype(bool), last.mask)
+    np.testing.assert_array_equal(g["probabilities"][0], last.probabilities)
+
+    events = []
+    out = tmp_path / "cut.zarr"
+    with pytest.raises(Cancelled):
+        predict_to_zarr(standin("fanet"), img, out, progress=lambda ev: events.append(ev.done),
+                        cancel=lambda: len(events) > 60, **kw)
+    done = zarr.open_group(str(out), mode="r")["done"][:]
+    assert 1 <= done.max() < 4  # stopped after iteration 0, before the end
+    again = predict_to_zarr(standin("fanet"), img, out, **kw)
+    assert again.blocks_done_before == 0 and 0 < again.windows < res.windows
+    np.testing.assert_array_equal(again.open()["labels"][:].astype(bool), last.mask)
+
+
+def test_iterations_refused_for_a_model_without_feedback(tmp_path):
+    with pytest.raises(InputError, match="takes no feedback mask"):
+        predict_to_zarr(local(), blobs((40, 40)), tmp_path / "o.zarr", device="cpu", iterations=3)

@@ -130,3 +130,25 @@ def test_unreachable_scheduler_is_one_line(tmp_path, local_ckpt, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("segattn predict: error: cannot reach the dask scheduler at tcp://127.0.0.1:9")
     assert len(err.splitlines()) == 1
+
+
+def test_fanet_zarr_output_runs_the_iterations_of_the_tif_output(tmp_path, capsys):
+    """`segattn predict fanet.safetensors img --out X.zarr --iterations 3` writes what the
+    in-memory path writes to a .tif for the same iterations and tiling."""
+    import torch
+
+    from napari_segattn.models import build_model
+
+    torch.manual_seed(0)
+    m = build_model("fanet", in_channels=1, out_channels=1, width=4)
+    ck = tmp_path / "fanet.safetensors"
+    save_model(m, ck)
+    tifffile.imwrite(tmp_path / "img.tif", blobs((64, 80)))
+    common = ["--iterations", "3", "--tile", "32", "--device", "cpu"]
+    assert main(["predict", str(ck), str(tmp_path / "img.tif"), "--out", str(tmp_path / "l.tif"), *common]) == 0
+    assert main(["predict", str(ck), str(tmp_path / "img.tif"), "--out", str(tmp_path / "l.zarr"), "--chunk", "16",
+                 "--block", "32", *common]) == 0
+    assert "after 3 FANet iterations" in capsys.readouterr().out
+    g = zarr.open_group(str(tmp_path / "l.zarr"), mode="r")
+    assert (g["done"][:] == 3).all()
+    np.testing.assert_array_equal(g["labels"][:], tifffile.imread(tmp_path / "l.tif"))

@@ -69,7 +69,8 @@ def add_parser(sub) -> None:
                    help="zarr output: run the blocks as tasks on this dask.distributed scheduler "
                         "(e.g. tcp://host:8786); the workers must see the input and the output path")
     p.add_argument("--iterations", type=POSITIVE_INT, default=None,
-                   help="FANet: feedback iterations from the Otsu mask (default 10, as released test.py)")
+                   help="FANet: feedback iterations from the Otsu mask (default 10, as released test.py; "
+                        "also for .zarr output, each iteration over the whole image before the next)")
     p.add_argument("--init", default="otsu", choices=["otsu", "empty", "full"],
                    help="FANet: initial feedback mask (default otsu, as released)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
@@ -208,9 +209,7 @@ def _run_zarr(args, model, traits, f, data, c, s, tiling) -> int:
 
     if args.probabilities:
         raise CLIError("a .zarr --out holds the probabilities already (array 'probabilities'); drop --probabilities")
-    if traits.takes_mask and (args.iterations or 1) != 1:
-        raise CLIError("zarr output runs FANet once from the initial mask; pass --iterations 1, or write "
-                       ".tif/.nii.gz for the iterated refinement (held in memory)")
+    iterations = (10 if args.iterations is None else args.iterations) if traits.takes_mask else 1
     client = None
     if args.scheduler:
         try:
@@ -225,12 +224,13 @@ def _run_zarr(args, model, traits, f, data, c, s, tiling) -> int:
                                   batch_size=args.batch_size, amp=_amp(args),
                                   mask=args.init if traits.takes_mask else None, chunk=args.chunk, block=args.block,
                                   overwrite=args.overwrite, client=client, source_name=str(f.path.resolve()),
-                                  progress=bar, **tiling)
+                                  iterations=iterations, progress=bar, **tiling)
     finally:
         if client is not None:
             client.close()
     resumed = f" ({res.blocks_done_before} of {res.blocks_total} blocks were already done)" if res.blocks_done_before else ""
-    print(f"wrote {res.path} (labels, probabilities){resumed}")
+    what = f"labels, probabilities after {iterations} FANet iterations" if traits.takes_mask else "labels, probabilities"
+    print(f"wrote {res.path} ({what}){resumed}")
     return 0
 
 

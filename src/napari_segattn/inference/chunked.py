@@ -7,14 +7,22 @@ the windows of the slice's global window grid that touch it (``tiling.iter_blend
 so the store holds the same numbers as an in-memory tiled ``predict``.
 
 Store layout (a zarr group): ``labels`` (the image's spatial shape, uint8), optionally
-``probabilities`` (``(K, *spatial)`` float32), ``done`` (one uint8 per block, set after the
-block's data is written: an interrupted run says which blocks are finished and a rerun
-resumes with the rest), and ``attrs["segattn"]`` (model, input, tiling and a fingerprint). A
-store that holds a different result (another fingerprint) is refused unless ``overwrite``.
+``probabilities`` (``(K, *spatial)`` float32), ``done`` (one uint8 per block: the number of
+iterations whose data the block has written, set after the write: an interrupted run says which
+blocks are finished and a rerun resumes with the rest), and ``attrs["segattn"]`` (model, input,
+tiling and a fingerprint). A store that holds a different result (another fingerprint) is
+refused unless ``overwrite``.
+
+FANet's feedback iterations (``iterations`` > 1): every block of iteration i is finished before
+iteration i + 1 starts, because a window near a block's border reads the mask of its
+neighbours. Intermediate masks go to ``feedback`` (``(2, *spatial)`` uint8) in turn: iteration
+i writes ``feedback[i % 2]`` and reads ``feedback[(i - 1) % 2]``, so a resumed iteration still
+finds the mask it started from; the last iteration writes ``labels`` and ``probabilities``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -81,6 +89,12 @@ class _Job:
     amp: object
     batch_size: int
     with_probabilities: bool
+    iteration: int = 0  # FANet feedback iteration of this job (0: from the initial masks)
+    iterations: int = 1
+
+    @property
+    def last(self) -> bool:
+        return self.iteration == self.iterations - 1
 
     def spatial_index(self, z: int, sy: slice, sx: slice) -> tuple:
         """Index of a block in the output's spatial order (slice axis where the caller had it)."""
@@ -108,7 +122,12 @@ def run_block(job: _Job, z: int, b: int, region: tuple[slice, slice], cancel=Non
     dev = resolve_device(job.device)
     grid = job.grid if job.grid is not None else make_grid(job.hw, job.hw, 0.0)
     read = lambda sy, sx: job.source.read(z, sy, sx)  # noqa: E731
-    mread = None if job.masks is None else (lambda sy, sx: job.masks[z][sy, sx])
+    mread = None
+    if job.masks is not None and job.iteration == 0:
+        mread = lambda sy, sx: job.masks[z][sy, sx]  # noqa: E731
+    elif job.masks is not None:  # the previous iteration's mask, as stored (see the module doc)
+        previous = zarr.open_group(job.path, mode="r")["feedback"]
+        mread = lambda sy, sx: previous[((job.iteration - 1) % 2, *job.spatial_index(z, sy, sx))] > 0  # noqa: E731
     cl = use_channels_last(job.traits, dev)
     n = 0
     with _eval_on(job.model, dev, cl, fold=True) as net:
@@ -127,10 +146,13 @@ def run_block(job: _Job, z: int, b: int, region: tuple[slice, slice], cancel=Non
         labels = probs.argmax(axis=0).astype(np.uint8)
     g = zarr.open_group(job.path, mode="r+")
     idx = job.spatial_index(z, *region)
-    g["labels"][idx] = labels
-    if job.with_probabilities:
-        g["probabilities"][(slice(None), *idx)] = probs
-    g["done"][z, b] = 1  # last: a block marked done has all its data on disk
+    if job.last:
+        g["labels"][idx] = labels
+        if job.with_probabilities:
+            g["probabilities"][(slice(None), *idx)] = probs
+    else:
+        g["feedback"][(job.iteration % 2, *idx)] = labels
+    g["done"][z, b] = job.iteration + 1  # last: a block marked done has all its data on disk
     return n
 
 
@@ -209,6 +231,7 @@ def iter_predict_to_zarr(
     cancel: Callable[[], bool] | None = None,
     client=None,
     source_name: str | None = None,
+    iterations: int = 1,
 ) -> Iterator[TileProgress]:
     """Generator: predict ``image`` (numpy, zarr or dask; read window by window) into the zarr
     store ``out``; yields :class:`TileProgress` (windows), *returns* a :class:`ZarrPrediction`.
@@ -217,6 +240,8 @@ def iter_predict_to_zarr(
     unit of work, a multiple of ``chunk`` (default 2048 rounded to it; a whole slice when the
     slice runs whole). ``client``: a ``dask.distributed.Client``; blocks then run as tasks on
     its workers (which must see ``out`` and the input) and this generator only reports.
+    ``iterations``: FANet feedback iterations from the initial mask (the released test loop),
+    each over the whole image before the next.
     """
     from ..devices import resolve_device
     from .masks import initial_masks
@@ -254,6 +279,11 @@ def iter_predict_to_zarr(
             masks = layout.spatial_to_stack(np.asarray(mask)).astype(bool)
     elif mask is not None:
         raise InputError(f"model {traits.name!r} takes no feedback mask")
+    if not 1 <= int(iterations) <= 255:
+        raise InputError(f"iterations must be 1..255; got {iterations}")
+    iterations = int(iterations)
+    if iterations > 1 and not traits.takes_mask:
+        raise InputError(f"iterations are FANet's feedback loop; {traits.name!r} takes no feedback mask")
     k = 1 if traits.binary else traits.out_channels
     regions = _block_regions(hw, block_hw)
     spatial = layout.spatial_shape
@@ -264,11 +294,15 @@ def iter_predict_to_zarr(
     shapes = {"labels": (spatial, out_chunks, "u1"), "done": ((n, len(regions)), (1, 1), "u1")}
     if probabilities:
         shapes["probabilities"] = ((k, *spatial), (k, *out_chunks), "f4")
+    if iterations > 1:
+        shapes["feedback"] = ((2, *spatial), (1, *out_chunks), "u1")
     meta = {"model": traits.name, "config": getattr(model, "segattn_config", None), "input_shape": list(image.shape),
             "input_dtype": str(image.dtype), "channel_axis": channel_axis, "slice_axis": slice_axis,
             "source": source_name or _content_digest(image), "window": None if window is None else list(window), "overlap": overlap,
             "threshold": threshold, "block": list(block_hw), "chunks": list(out_chunks),
             "mask": mask if isinstance(mask, str) or mask is None else "array", "probabilities": probabilities}
+    if iterations > 1:
+        meta["iterations"] = iterations  # (absent for one pass: stores written before stay resumable)
     path = Path(out)
     store = _open_store(path, _fingerprint(model, meta), meta, shapes, overwrite)
     done = np.asarray(store["done"][:])
@@ -276,10 +310,26 @@ def iter_predict_to_zarr(
     grid = None if window is None else make_grid(hw, window, overlap)
     job = _Job(model, traits, source, masks, grid, hw, layout, str(path), k, threshold, str(dev), amp, batch_size,
                probabilities)
-    todo = [(z, b, r) for z in range(n) for b, r in enumerate(regions) if not done[z, b]]
-    per_block = [len(grid.touching(r)) if grid is not None else 1 for _, _, r in todo]
-    total = sum(per_block)
-    yield TileProgress(0, total)
+    windows_of = lambda r: len(grid.touching(r)) if grid is not None else 1  # noqa: E731
+    total = iterations * n * sum(windows_of(r) for r in regions)
+    finished = sum(int(done[z, b]) * windows_of(r) for z in range(n) for b, r in enumerate(regions))
+    computed = 0
+    yield TileProgress(finished, total)
+    for it in range(iterations):
+        todo = [(z, b, r) for z in range(n) for b, r in enumerate(regions) if done[z, b] <= it]
+        for step in _run_blocks(dataclasses.replace(job, iteration=it, iterations=iterations), todo, windows_of,
+                                client, cancel):
+            yield TileProgress(finished + step, total)
+        step = sum(windows_of(r) for _, _, r in todo)
+        finished += step
+        computed += step
+    return ZarrPrediction(path, n * len(regions), int((done >= iterations).sum()), computed, time.perf_counter() - t0,
+                          info={"window": None if window is None else list(window), "block": list(block_hw),
+                                "chunks": list(out_chunks), "distributed": client is not None})
+
+
+def _run_blocks(job: _Job, todo, windows_of, client, cancel) -> Iterator[int]:
+    """One iteration's blocks, here or as dask tasks; yields windows finished in this call."""
     finished = 0
     if client is None:
         for (z, b, r) in todo:
@@ -289,26 +339,23 @@ def iter_predict_to_zarr(
                     w = next(gen)
                 except StopIteration:
                     break
-                yield TileProgress(finished + w, total)
-            finished += len(grid.touching(r)) if grid is not None else 1
-    else:
-        from distributed import as_completed
+                yield finished + w
+            finished += windows_of(r)
+        return
+    from distributed import as_completed
 
-        from .predict import Cancelled
+    from .predict import Cancelled
 
-        futures = {client.submit(_block_task, job, z, b, r, pure=False): w for (z, b, r), w in zip(todo, per_block)}
-        try:
-            for fut in as_completed(list(futures)):
-                fut.result()  # re-raises a task's error here
-                finished += futures[fut]
-                yield TileProgress(finished, total)
-                if cancel is not None and cancel():
-                    raise Cancelled("prediction cancelled")
-        finally:
-            client.cancel([f for f in futures if not f.done()])
-    return ZarrPrediction(path, n * len(regions), int(done.sum()), finished, time.perf_counter() - t0,
-                          info={"window": None if window is None else list(window), "block": list(block_hw),
-                                "chunks": list(out_chunks), "distributed": client is not None})
+    futures = {client.submit(_block_task, job, z, b, r, pure=False): windows_of(r) for (z, b, r) in todo}
+    try:
+        for fut in as_completed(list(futures)):
+            fut.result()  # re-raises a task's error here
+            finished += futures[fut]
+            yield finished
+            if cancel is not None and cancel():
+                raise Cancelled("prediction cancelled")
+    finally:
+        client.cancel([f for f in futures if not f.done()])
 
 
 def _pair_of(v, hw, what: str) -> tuple[int, int]:
