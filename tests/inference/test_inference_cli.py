@@ -118,3 +118,19 @@ def test_evaluate_folder(tmp_path, ckpt, capsys):
     rows = list(csv.DictReader(out.open()))
     assert [r["image"] for r in rows] == ["0.png", "1.png", "2.png", "mean"]
     assert float(rows[-1]["recall"]) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("shape", [(1, 20, 24), (20, 24, 1)])
+def test_a_singleton_axis_is_the_channel_of_a_one_channel_model(tmp_path, ckpt, shape):
+    """A (1, H, W) TIFF, as `segattn train` reads it (C x H x W), is a 2D image for a 1-channel
+    model: the labels are H x W and a 2D ground truth fits `refine --gt` (was: a 1-slice volume,
+    'ground truth has shape (20, 24); the image's spatial shape is (1, 20, 24)')."""
+    img = np.random.default_rng(0).random((20, 24)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "img.tif", img.reshape(shape))
+    tifffile.imwrite(tmp_path / "gt.tif", (img > 0.5).astype(np.uint8))
+    out = tmp_path / "labels.tif"
+    assert main(["predict", ckpt(), str(tmp_path / "img.tif"), "--out", str(out), "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out), (img > 0.5).astype(np.uint8))
+    assert main(["refine", ckpt("fanet"), str(tmp_path / "img.tif"), "--gt", str(tmp_path / "gt.tif"),
+                 "--iterations", "1", "--out", str(tmp_path / "ref"), "--device", "cpu"]) == 0
+    assert tifffile.imread(tmp_path / "ref" / "iter_00.tif").shape == (20, 24)

@@ -116,6 +116,12 @@ def guess_axes(f: ImageFile, in_channels: int, channel_axis: int | None = None,
         if in_channels > 1 and data.shape[0] == in_channels:
             return data, 0, None
         if in_channels == 1:
+            # a singleton axis is the one channel (how tifffile reads a (1, H, W) image that
+            # training read as C x H x W), not a one-slice volume
+            if data.shape[0] == 1:
+                return data, 0, None
+            if data.shape[-1] == 1:
+                return data, -1, None
             if f.kind == "raster" and data.shape[-1] in (3, 4):
                 raise ValueError(f"{f.path.name} is a colour image but the model takes one channel; "
                                  "convert it to grey")
