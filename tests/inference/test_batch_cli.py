@@ -77,7 +77,8 @@ def test_predict_never_overwrites_its_inputs(tmp_path, ckpt, capsys):
 
 @pytest.mark.parametrize("case,message", [
     ("same_stem", "would write outputs of the same name (im0)"),
-    ("out_is_file", "is a file; with 2 inputs --out is the folder"),
+    ("out_is_file", "with 2 inputs --out is the folder to write into, not a file"),
+    ("out_is_a_file_name", "with 2 inputs --out is the folder to write into, not a file"),
     ("empty_folder", "no images in this folder"),
     ("missing", "no such file or folder"),
 ])
@@ -91,6 +92,8 @@ def test_predict_batch_input_errors_are_one_line(tmp_path, ckpt, capsys, case, m
         inputs = [str(data / "im0.tif"), str(tmp_path / "im0.png")]
     elif case == "out_is_file":
         out.write_text("x")
+    elif case == "out_is_a_file_name":
+        out = tmp_path / "labels.tif"
     elif case == "empty_folder":
         (tmp_path / "empty").mkdir()
         inputs = [str(tmp_path / "empty")]
@@ -99,6 +102,7 @@ def test_predict_batch_input_errors_are_one_line(tmp_path, ckpt, capsys, case, m
     assert main(["predict", ckpt(), *inputs, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+    assert not (tmp_path / "labels.tif").exists()
 
 
 def _line(folder, name):

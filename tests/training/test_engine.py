@@ -479,8 +479,11 @@ def _kill_at(epoch: int, step: int):
     return listener
 
 
-@pytest.mark.parametrize("name,recipe", [("_tiny", "pam"), ("_tiny_fb", "fanet"), ("_tiny_rev", "rfna")])
-def test_a_kill_within_an_epoch_resumes_from_the_step_checkpoint(tmp_path, name, recipe):
+@pytest.mark.parametrize("name,recipe,kill_epoch", [("_tiny", "pam", 1), ("_tiny", "pam", 0), ("_tiny_fb", "fanet", 1),
+                                                    ("_tiny_rev", "rfna", 0)])
+def test_a_kill_within_an_epoch_resumes_from_the_step_checkpoint(tmp_path, name, recipe, kill_epoch):
+    """Killed in step 6 of epoch ``kill_epoch`` (rfna: inside its warm-up epoch) with a state every
+    2 steps: the resumed run redoes step 5 and reaches the uninterrupted run's weights."""
     from napari_segattn.data import Augmenter
 
     # FANet commits its masks every epoch here, so the masks staged before the kill must be kept
@@ -499,14 +502,15 @@ def test_a_kill_within_an_epoch_resumes_from_the_step_checkpoint(tmp_path, name,
     part = build_model(name)
     part.load_state_dict(init)
     seen = []
-    t = Trainer(part, *data(), cfg, device="cpu", out_dir=tmp_path / "b", listeners=[seen.append, _kill_at(1, 5)])
+    t = Trainer(part, *data(), cfg, device="cpu", out_dir=tmp_path / "b",
+                listeners=[seen.append, _kill_at(kill_epoch, 5)])
     with pytest.raises(_Killed):
         t.fit()
     steps = [c for c in seen if isinstance(c, Checkpoint) and c.kind == "step"]
     # every 2 steps within the epoch, none at its end (the epoch checkpoint is written there)
-    assert [(c.epoch, c.steps_done) for c in steps] == [(0, 2), (0, 4), (0, 6), (1, 2), (1, 4)]
+    assert [(c.epoch, c.steps_done) for c in steps] == [(0, 2), (0, 4), (0, 6), (1, 2), (1, 4)][:2 + 3 * kill_epoch]
     state = json.loads((tmp_path / "b" / "last" / "training_state.json").read_text())
-    assert state["epoch"] == 0 and state["within_epoch"]["steps_done"] == 4
+    assert state["epoch"] == kill_epoch - 1 and state["within_epoch"]["steps_done"] == 4
 
     resumed = build_model(name)  # other initial weights: all must come from the checkpoint
     staged = []
@@ -515,8 +519,9 @@ def test_a_kill_within_an_epoch_resumes_from_the_step_checkpoint(tmp_path, name,
     events = t2.fit()
     if name == "_tiny_fb":
         assert staged == [4]  # the masks predicted in the 4 steps before the kill are kept for the commit
-    assert isinstance(events[0], Resumed) and (events[0].epoch, events[0].step) == (1, 4)
-    assert [(e.epoch, e.step) for e in events if isinstance(e, Step)] == [(1, 4), (1, 5), (1, 6)]
+    assert isinstance(events[0], Resumed) and (events[0].epoch, events[0].step) == (kill_epoch, 4)
+    expected = [(kill_epoch, k) for k in (4, 5, 6)] + [(1, k) for k in range(7)] * (1 - kill_epoch)
+    assert [(e.epoch, e.step) for e in events if isinstance(e, Step)] == expected
     a, b = _weights(full), _weights(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)

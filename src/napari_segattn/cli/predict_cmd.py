@@ -194,8 +194,9 @@ def _run_batch(args, images: list[Path]) -> int:
     out_dir = Path(args.out)
     if matching_suffix(out_dir) == ".zarr":
         raise CLIError("zarr output (--out X.zarr) takes one input; with several inputs --out is a folder")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CLIError(f"--out {out_dir} is a file; with {len(images)} inputs --out is the folder to write into")
+    if (out_dir.exists() and not out_dir.is_dir()) or (not out_dir.exists() and matching_suffix(out_dir) in
+                                                       (".tif", ".tiff", ".png", ".nii", ".nii.gz", ".jpg")):
+        raise CLIError(f"with {len(images)} inputs --out is the folder to write into, not a file ({out_dir})")
     _no_zarr_flags(args)
     prob_dir = Path(args.probabilities) if args.probabilities else None
     if prob_dir is not None and prob_dir.resolve() == out_dir.resolve():
