@@ -109,3 +109,22 @@ def test_segmentation_metrics_per_class_and_mean():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in shape"):
         binary_metrics(np.zeros((3, 3)), np.zeros((3, 4)))
+
+
+def test_roi_counts_only_the_pixels_inside_it():
+    from napari_segattn.metrics import binary_metrics, segmentation_metrics
+
+    pred = np.zeros((6, 8), bool)
+    gt = np.zeros((6, 8), bool)
+    pred[1:3, 1:3] = gt[1:3, 1:3] = True  # agreement inside
+    pred[:, 6:] = True  # false positives outside the ROI
+    roi = np.zeros((6, 8), np.uint8)
+    roi[:, :5] = 1
+    m = binary_metrics(pred, gt, roi=roi)
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (4, 0, 0, 26)
+    assert m["dice"] == m["accuracy"] == m["precision"] == 1.0 and m["hd95"] == 0.0
+    assert binary_metrics(pred, gt)["fp"] == 12  # without the ROI they count
+    mc = segmentation_metrics(pred.astype(int), gt.astype(int), 2, roi=roi)
+    assert mc["class_1"]["dice"] == 1.0
+    with pytest.raises(ValueError, match="ROI"):
+        binary_metrics(pred, gt, roi=roi[:3])

@@ -11,7 +11,7 @@ import torch
 
 from napari_segattn.models import build_model, load_model
 from napari_segattn.training import (
-    Cancelled, Checkpoint, EpochStart, Step, TrainConfig, Trainer, TrainingError, Validation, recipe_for,
+    Cancelled, Checkpoint, EpochStart, Resumed, Step, TrainConfig, Trainer, TrainingError, Validation, recipe_for,
 )
 
 from training_toys import toy_dataset
@@ -466,3 +466,98 @@ def test_an_edit_input_model_is_told_which_pixels_were_painted():
             if before is not None:
                 assert (edit | ~before).all()  # painted pixels stay painted
             before = edit
+
+
+class _Killed(Exception):
+    """Stands in for a kill: raised from a listener, so the run stops between two steps."""
+
+
+def _kill_at(epoch: int, step: int):
+    def listener(e):
+        if isinstance(e, Step) and (e.epoch, e.step) == (epoch, step):
+            raise _Killed
+    return listener
+
+
+@pytest.mark.parametrize("name,recipe,kill_epoch", [("_tiny", "pam", 1), ("_tiny", "pam", 0), ("_tiny_fb", "fanet", 1),
+                                                    ("_tiny_rev", "rfna", 0)])
+def test_a_kill_within_an_epoch_resumes_from_the_step_checkpoint(tmp_path, name, recipe, kill_epoch):
+    """Killed in step 6 of epoch ``kill_epoch`` (rfna: inside its warm-up epoch) with a state every
+    2 steps: the resumed run redoes step 5 and reaches the uninterrupted run's weights."""
+    from napari_segattn.data import Augmenter
+
+    # FANet commits its masks every epoch here, so the masks staged before the kill must be kept
+    cfg = dataclasses.replace(recipe_for(recipe), epochs=2, batch_size=1, checkpoint_every=2,
+                              warmup_epochs=min(1, recipe_for(recipe).warmup_epochs), mask_update="every_epoch")
+
+    def data():  # augmented (flips drawn per sample and epoch) and with dropout: RNG must carry over
+        return toy_dataset(7, augmenter=Augmenter()), toy_dataset(2, seed=5)
+
+    torch.manual_seed(0)
+    full = build_model(name)
+    init = _weights(full)
+    t_full = Trainer(full, *data(), cfg, device="cpu", out_dir=tmp_path / "a")
+    t_full.fit()
+
+    part = build_model(name)
+    part.load_state_dict(init)
+    seen = []
+    t = Trainer(part, *data(), cfg, device="cpu", out_dir=tmp_path / "b",
+                listeners=[seen.append, _kill_at(kill_epoch, 5)])
+    with pytest.raises(_Killed):
+        t.fit()
+    steps = [c for c in seen if isinstance(c, Checkpoint) and c.kind == "step"]
+    # every 2 steps within the epoch, none at its end (the epoch checkpoint is written there)
+    assert [(c.epoch, c.steps_done) for c in steps] == [(0, 2), (0, 4), (0, 6), (1, 2), (1, 4)][:2 + 3 * kill_epoch]
+    state = json.loads((tmp_path / "b" / "last" / "training_state.json").read_text())
+    assert state["epoch"] == kill_epoch - 1 and state["within_epoch"]["steps_done"] == 4
+
+    resumed = build_model(name)  # other initial weights: all must come from the checkpoint
+    staged = []
+    t2 = Trainer(resumed, *data(), cfg, device="cpu", out_dir=tmp_path / "b", resume=True,
+                 listeners=[lambda e: isinstance(e, Resumed) and staged.append(t2.mask_store and t2.mask_store.staged)])
+    events = t2.fit()
+    if name == "_tiny_fb":
+        assert staged == [4]  # the masks predicted in the 4 steps before the kill are kept for the commit
+    assert isinstance(events[0], Resumed) and (events[0].epoch, events[0].step) == (kill_epoch, 4)
+    expected = [(kill_epoch, k) for k in (4, 5, 6)] + [(1, k) for k in range(7)] * (1 - kill_epoch)
+    assert [(e.epoch, e.step) for e in events if isinstance(e, Step)] == expected
+    a, b = _weights(full), _weights(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    assert t2.best_epoch == t_full.best_epoch
+    if name == "_tiny_fb":
+        for i in t_full.mask_store.indices():
+            np.testing.assert_array_equal(t2.mask_store.get(i), t_full.mask_store.get(i))
+
+
+def test_a_step_checkpoint_resumed_with_another_batch_size_is_refused(tmp_path):
+    cfg = dataclasses.replace(FAST, epochs=2, batch_size=1, checkpoint_every=3)
+    t = Trainer(build_model("_tiny"), toy_dataset(8), None, cfg, device="cpu", out_dir=tmp_path,
+                listeners=[_kill_at(0, 4)])
+    with pytest.raises(_Killed):
+        t.fit()
+    other = dataclasses.replace(cfg, batch_size=2)
+    with pytest.raises(TrainingError, match=r"step 3 of epoch 1 with batch size 1 .* --batch-size 1"):
+        Trainer(build_model("_tiny"), toy_dataset(8), None, other, device="cpu", out_dir=tmp_path, resume=True).fit()
+
+
+def test_checkpoint_every_must_not_be_negative():
+    with pytest.raises(ValueError, match="checkpoint_every=-1"):
+        TrainConfig(checkpoint_every=-1)
+
+
+def test_model_json_records_the_best_epoch_as_the_log_prints_it_and_the_files(tmp_path):
+    train = toy_dataset(4)
+    train.names = [f"img{k}.png[tile {k % 2}]" for k in range(4)]
+    val = toy_dataset(2, seed=5)
+    val.names = ["v.tif", "v.tif"]
+    tr = Trainer(build_model("_tiny"), train, val, dataclasses.replace(FAST, epochs=2), device="cpu", out_dir=tmp_path)
+    tr.fit()
+    info = json.loads((tmp_path / "model.json").read_text())["training"]
+    assert info["best_epoch"] == tr.best_epoch + 1 == info["epochs_done"]  # model.safetensors: the best epoch
+    assert info["epochs"] == 2
+    assert info["data"]["train_files"] == ["img0.png", "img1.png", "img2.png", "img3.png"]
+    assert info["data"]["val_files"] == ["v.tif"]
+    last = json.loads((tmp_path / "last" / "model.json").read_text())["training"]
+    assert last["epochs_done"] == 2 and last["best_epoch"] == info["best_epoch"]

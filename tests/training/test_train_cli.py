@@ -249,3 +249,77 @@ def test_binarize_threshold_is_recorded_and_reused(tmp_path, capsys):
     ref = SegmentationDataset.from_folders(idir, mdir, binarize=127.0)
     assert all(set(np.unique(ref.label(i))) <= {0, 1} for i in range(len(ref)))
     assert ref.label(0)[0, :3].tolist() == [0, 0, 0]  # the noise stays background at T=127
+
+
+class _Killed(Exception):
+    """Stands in for a kill -9 between two optimisation steps."""
+
+
+def _kill_after(monkeypatch, calls: int):
+    from napari_segattn.training import engine
+
+    real, n = engine.Trainer._train_step, [0]
+
+    def step(self, *a, **k):
+        n[0] += 1
+        if n[0] > calls:
+            raise _Killed
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(engine.Trainer, "_train_step", step)
+    return lambda: monkeypatch.setattr(engine.Trainer, "_train_step", real)
+
+
+def test_checkpoint_every_lets_a_kill_in_epoch_one_resume_within_it(tmp_path, capsys, monkeypatch):
+    """5 training images, batch 1: 5 steps an epoch. Killed in the 9th step with --checkpoint-every 2,
+    the state holds 7 steps (epoch 2, 2 steps done; one step lost) and --resume continues at step 3
+    of epoch 2 to the weights of an uninterrupted run."""
+    import json
+
+    from safetensors.torch import load_file
+
+    idir, mdir = _folders(tmp_path, n=6)
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize", "--epochs", "2",
+            "--batch-size", "1", "--device", "cpu", "--augment", "flip", "--checkpoint-every", "2"]
+    assert main(base + ["--out", str(tmp_path / "full")]) == 0
+    restore = _kill_after(monkeypatch, 8)
+    with pytest.raises(_Killed):
+        main(base + ["--out", str(tmp_path / "run")])
+    restore()
+    state = json.loads((tmp_path / "run" / "last" / "training_state.json").read_text())
+    assert state["epoch"] == 0 and state["within_epoch"] == {"epoch": 1, "steps_done": 2, "steps": 5, "batch_size": 1}
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "run"), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"resuming from {tmp_path / 'run' / 'last'}: continuing at step 3 of 5 in epoch 2" in err
+    a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+
+
+def test_model_json_has_the_printed_best_epoch_and_the_file_names(tmp_path, capsys):
+    import json
+    import re
+
+    idir, mdir = _folders(tmp_path, n=6)
+    out = tmp_path / "run"
+    args = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--binarize", "--epochs", "3",
+            "--batch-size", "2", "--lr", "0.01", "--device", "cpu", "--out", str(out), "--val-fraction", "0.34"]
+    assert main(args) == 0
+    printed = int(re.search(r"\(best epoch (\d+)\)", capsys.readouterr().out).group(1))
+    info = json.loads((out / "model.json").read_text())["training"]
+    assert info["best_epoch"] == printed == info["epochs_done"]
+    files = info["data"]["train_files"] + info["data"]["val_files"]
+    assert sorted(files) == [f"s{k:02d}.png" for k in range(6)] and len(info["data"]["val_files"]) == 2
+    assert all(type(f) is str for f in files)
+    # resuming the finished run says so, before reading any data, and leaves the model as it was
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert main(args + ["--resume"]) == 0
+    said = capsys.readouterr().out
+    assert f"nothing left to train: {out} already finished 3 epoch(s) of --epochs 3" in said
+    assert f"(best epoch {printed}) is unchanged; pass --epochs N with N > 3" in said
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+    assert main(args + ["--resume", "--epochs", "4"]) == 0  # a larger --epochs continues it
+    assert "resuming from" in capsys.readouterr().err
+    assert json.loads((out / "last" / "model.json").read_text())["training"]["epochs_done"] == 4

@@ -1,6 +1,6 @@
-"""``segattn evaluate CKPT --images DIR --masks DIR``: a metrics table over a folder.
+"""``segattn evaluate CKPT --images DIR --masks DIR [--roi DIR]``: a metrics table over a folder.
 
-Images and masks are paired by file name (without extension). FANet models are evaluated at
+Images and masks (and ROI masks) are paired by file name (without extension). FANet models are evaluated at
 every feedback iteration 0..N-1 from the Otsu mask, one row per iteration as released test.py
 (spec 2.7: iteration k = the k-th prediction; metrics averaged over images).
 """
@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--masks", required=True, help="folder of ground-truth masks with the same file names")
     p.add_argument("--mask-suffix", default="", help="masks are named <image name><suffix>, e.g. _mask")
     add_binarize(p, "ground truth")
+    p.add_argument("--roi", default=None, metavar="FOLDER",
+                   help="region-of-interest masks with the images' file names: metrics count only pixels where "
+                        "the ROI is > 0 (e.g. a retinal field of view)")
     p.add_argument("--iterations", type=POSITIVE_INT, default=10, help="FANet: feedback iterations (default 10)")
     p.add_argument("--out", default=None, help="write the per-image table as CSV")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
@@ -70,6 +73,36 @@ def flatten(d, prefix: str = "") -> dict[str, float]:
         return {}
 
 
+def roi_files(roi_dir: Path, images: list[Path]) -> dict[Path, Path]:
+    """The ROI mask of every image (same file name, any image suffix); a missing one is an error
+    naming it, so no image is scored over its whole frame by accident."""
+    from ..inference.files import file_stem
+
+    if not roi_dir.is_dir():
+        raise CLIError(f"--roi {roi_dir}: not a folder")
+    by_stem = {file_stem(p): p for p in sorted(roi_dir.iterdir()) if p.is_file() and not p.name.startswith(".")}
+    missing = [p.name for p in images if file_stem(p) not in by_stem]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise CLIError(f"--roi {roi_dir}: no ROI mask for {missing[0]}{more} (looked for {file_stem(missing[0])}.*)")
+    return {p: by_stem[file_stem(p)] for p in images}
+
+
+def read_roi(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """ROI > 0 as a bool mask of the ground truth's shape (an RGB(A) mask: its first channel)."""
+    from ..inference.files import read_image
+
+    f = read_image(path)
+    roi = np.asarray(f.data)
+    if roi.ndim == len(shape) + 1 and roi.shape[-1] in (3, 4) and f.kind == "raster":
+        roi = roi[..., 0]
+    if roi.shape != tuple(shape):
+        raise CLIError(f"ROI {path.name} has shape {roi.shape}, the ground truth {tuple(shape)}")
+    if not (roi > 0).any():
+        raise CLIError(f"ROI {path.name} is empty (no pixel > 0): nothing would be scored")
+    return roi > 0
+
+
 def binarize_threshold(args, model) -> float | None:
     """``--binarize [T]`` as given, else the threshold the checkpoint was trained with (model.json
     ``training.data.binarize``), so a binary model needs no ``--binarize`` again."""
@@ -107,28 +140,32 @@ def run(args) -> int:
     model = load_cli_model(args.checkpoint)
     traits = model_traits(model)
     pairs = pair_files(Path(args.images), Path(args.masks), args.mask_suffix)
+    rois = roi_files(Path(args.roi), [p for p, _ in pairs]) if args.roi else {}
     rows: list[dict] = []
     for img_path, mask_path in pairs:
         f, data, c, s = read_cli_image(str(img_path), model, args.channel_axis, args.slice_axis)
         with user_errors():
             gt = ground_truth(read_image(mask_path), traits, binarize_threshold(args, model))
+            roi = read_roi(rois[img_path], gt.shape) if rois else None
             spacing = f.spacing if f.kind == "nifti" else None
             if traits.takes_mask:
-                ref = FANetRefiner(model, data, ground_truth=gt, channel_axis=c, slice_axis=s, device=args.device,
-                                   batch_size=args.batch_size, spacing=spacing)
+                # with an ROI the refiner only predicts; the masks are scored here, inside the ROI
+                ref = FANetRefiner(model, data, ground_truth=gt if roi is None else None, channel_axis=c,
+                                   slice_axis=s, device=args.device, batch_size=args.batch_size, spacing=spacing)
                 for r in ref.run(max_iters=args.iterations, tol=None):
-                    rows.append({"image": img_path.name, "iteration": r.index, **flatten(r.metrics)})
+                    m = r.metrics if roi is None else binary_metrics(r.mask, gt, spacing=spacing, roi=roi)
+                    rows.append({"image": img_path.name, "iteration": r.index, **flatten(m)})
             else:
                 pred = predict(model, data, channel_axis=c, slice_axis=s, device=args.device,
                                batch_size=args.batch_size)
                 if gt.shape != pred.labels.shape:
                     raise CLIError(f"{mask_path.name} has shape {gt.shape}, prediction {pred.labels.shape}")
                 if traits.binary:
-                    m = binary_metrics(pred.labels, gt, spacing=spacing)
+                    m = binary_metrics(pred.labels, gt, spacing=spacing, roi=roi)
                 else:
-                    m = segmentation_metrics(pred.labels, gt, traits.out_channels)
+                    m = segmentation_metrics(pred.labels, gt, traits.out_channels, roi=roi)
                 rows.append({"image": img_path.name, **flatten(m)})
-        print(f"evaluated {img_path.name}", file=sys.stderr)
+        print(f"evaluated {img_path.name}" + (f" inside {rois[img_path].name}" if rois else ""), file=sys.stderr)
     summary = summarize(rows, by_iteration=traits.takes_mask)
     print_table(summary)
     if args.out:

@@ -55,11 +55,17 @@ def add_common(p, *, device=True) -> None:
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="segment an image or volume with a checkpoint")
     p.add_argument("checkpoint", help="model file (.safetensors)")
-    p.add_argument("image", help="image or volume (.nii/.nii.gz, .tif, .png; .zarr / OME-Zarr, read window by window)")
+    p.add_argument("image", nargs="+",
+                   help="image or volume (.nii/.nii.gz, .tif, .png; .zarr / OME-Zarr, read window by window); "
+                        "several files or a folder of images are predicted with one model load")
     p.add_argument("--out", required=True,
                    help="label file to write (.nii.gz keeps the input's header; .tif; .png); a .zarr store is "
-                        "written block by block, with the probabilities and resumable (docs/large-images.md)")
-    p.add_argument("--probabilities", default=None, help="also write the probabilities (.tif/.nii.gz, float32)")
+                        "written block by block, with the probabilities and resumable (docs/large-images.md). "
+                        "With several inputs or a folder: an output folder, one <name>.tif (<name>.nii.gz for "
+                        "NIfTI) per input")
+    p.add_argument("--probabilities", default=None,
+                   help="also write the probabilities (.tif/.nii.gz, float32); with several inputs: a folder, "
+                        "one <name>.tif (<name>.nii.gz) per input")
     add_tiling(p)
     p.add_argument("--level", type=NONNEGATIVE_INT, default=0, help="OME-Zarr input: the resolution level to predict on (0 = full)")
     p.add_argument("--chunk", type=POSITIVE_INT, default=None, help="zarr output: in-plane chunk size (default 512)")
@@ -143,29 +149,86 @@ def progress_printer(label: str):
 
 
 def run(args) -> int:
-    from ..inference import FANetRefiner, model_traits, predict
-    from ..inference.files import matching_suffix, write_array
-    from .progress import ProgressBar
+    from .batch import expand_inputs, is_batch, refuse_inputs
+
+    if is_batch(args.image):
+        return _run_batch(args, expand_inputs(args.image))
+    refuse_inputs([args.out, args.probabilities], args.image)
+    image = args.image[0]
+    from ..inference.files import matching_suffix
 
     to_zarr = matching_suffix(args.out) == ".zarr"
     if not to_zarr:
         refuse_existing([args.out, args.probabilities], args.overwrite)
-        for flag in ("scheduler", "chunk", "block"):
-            if getattr(args, flag) is not None:
-                raise CLIError(f"--{flag} is for zarr output (--out something.zarr)")
+        _no_zarr_flags(args)
     tiling = tiling_args(args)
     model = load_cli_model(args.checkpoint)
-    traits = model_traits(model)
-    f, data, c, s = read_cli_image(args.image, model, args.channel_axis, args.slice_axis, args.level)
-    if args.iterations is not None and not traits.takes_mask:
-        raise CLIError(f"--iterations is for FANet-style models; {traits.name!r} takes no feedback mask")
+    traits = model_traits_checked(args, model)
+    f, data, c, s = read_cli_image(image, model, args.channel_axis, args.slice_axis, args.level)
     if to_zarr:
         return _run_zarr(args, model, traits, f, data, c, s, tiling)
+    out = _predict_one(args, model, traits, tiling, f, data, c, s, args.out, args.probabilities)
+    print(f"wrote {out}" + (f" and {args.probabilities}" if args.probabilities else ""))
+    return 0
+
+
+def _no_zarr_flags(args) -> None:
+    for flag in ("scheduler", "chunk", "block"):
+        if getattr(args, flag) is not None:
+            raise CLIError(f"--{flag} is for zarr output (--out something.zarr)")
+
+
+def model_traits_checked(args, model):
+    from ..inference import model_traits
+
+    traits = model_traits(model)
+    if args.iterations is not None and not traits.takes_mask:
+        raise CLIError(f"--iterations is for FANet-style models; {traits.name!r} takes no feedback mask")
+    return traits
+
+
+def _run_batch(args, images: list[Path]) -> int:
+    """Several inputs: the model loaded once, one label file per input in the --out folder."""
+    from ..inference.files import file_stem, matching_suffix
+    from .batch import label_suffix, refuse_inputs
+
+    out_dir = Path(args.out)
+    if matching_suffix(out_dir) == ".zarr":
+        raise CLIError("zarr output (--out X.zarr) takes one input; with several inputs --out is a folder")
+    if (out_dir.exists() and not out_dir.is_dir()) or (not out_dir.exists() and matching_suffix(out_dir) in
+                                                       (".tif", ".tiff", ".png", ".nii", ".nii.gz", ".jpg")):
+        raise CLIError(f"with {len(images)} inputs --out is the folder to write into, not a file ({out_dir})")
+    _no_zarr_flags(args)
+    prob_dir = Path(args.probabilities) if args.probabilities else None
+    if prob_dir is not None and prob_dir.resolve() == out_dir.resolve():
+        raise CLIError("--probabilities must be another folder than --out (the file names are the same)")
+    outs = [out_dir / f"{file_stem(p)}{label_suffix(p)}" for p in images]
+    probs = [prob_dir / o.name if prob_dir is not None else None for o in outs]
+    refuse_inputs(outs + probs, images)
+    refuse_existing(outs + probs, args.overwrite)
+    tiling = tiling_args(args)
+    model = load_cli_model(args.checkpoint)
+    traits = model_traits_checked(args, model)
+    print(f"predicting {len(images)} input(s) into {out_dir}" + (f" (probabilities into {prob_dir})" if prob_dir else ""),
+          file=sys.stderr)
+    for image, out, prob in zip(images, outs, probs):
+        f, data, c, s = read_cli_image(str(image), model, args.channel_axis, args.slice_axis, args.level)
+        if f.kind == "zarr":
+            raise CLIError(f"{image.name}: a zarr input is predicted alone (segattn predict CKPT {image} --out X.zarr)")
+        written = _predict_one(args, model, traits, tiling, f, data, c, s, out, prob)
+        print(f"wrote {written}" + (f" and {prob}" if prob else ""))
+    return 0
+
+
+def _predict_one(args, model, traits, tiling, f, data, c, s, out, probabilities):
+    """Labels (and probabilities) of one image into ``out``; returns the path written."""
+    from ..inference import FANetRefiner, predict
+    from ..inference.files import write_array
+    from .progress import ProgressBar
+
     with user_errors():
         if traits.takes_mask:
             n = 10 if args.iterations is None else args.iterations
-            if n < 1:
-                raise CLIError("--iterations must be >= 1")
             ref = FANetRefiner(model, data, init=args.init, channel_axis=c, slice_axis=s, device=args.device,
                                batch_size=args.batch_size, amp=_amp(args), **tiling)
             with ProgressBar("FANet iterations") as bar:
@@ -180,17 +243,16 @@ def run(args) -> int:
                                batch_size=args.batch_size, amp=_amp(args), progress=bar, **tiling)
             labels, probs = pred.labels, pred.probabilities
         try:
-            out = write_array(args.out, labels, f, overwrite=args.overwrite)
-            if args.probabilities:
+            written = write_array(out, labels, f, overwrite=args.overwrite)
+            if probabilities:
                 # channels last so NIfTI keeps (x, y, z) for the spatial axes
                 import numpy as np
 
-                write_array(args.probabilities, np.moveaxis(probs, 0, -1) if probs.shape[0] > 1 else probs[0], f,
+                write_array(probabilities, np.moveaxis(probs, 0, -1) if probs.shape[0] > 1 else probs[0], f,
                             overwrite=args.overwrite, labels=False)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
-    print(f"wrote {out}" + (f" and {args.probabilities}" if args.probabilities else ""))
-    return 0
+    return written
 
 
 class _Iter:

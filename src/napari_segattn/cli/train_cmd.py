@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
                         "(after --tile; validation sees whole samples; not for FANet-style models)")
     p.add_argument("--max-minutes", type=POSITIVE_FLOAT, default=None, metavar="M",
                    help="time budget: finish the epoch that passes M minutes, save, stop (--resume continues)")
+    p.add_argument("--checkpoint-every", type=NONNEGATIVE_INT, default=None, metavar="N",
+                   help="also save the resume state OUT/last every N optimisation steps within an epoch, so a "
+                        "kill loses fewer than N steps (default 0: at epoch ends only)")
     p.add_argument("--model-options", default="{}", metavar="JSON",
                    help='extra model options, e.g. \'{"width": 8}\' or \'{"dilation": 6}\'')
     p.add_argument("--epochs", type=POSITIVE_INT)
@@ -170,6 +173,7 @@ def _config(args):
     overrides = {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "loss": args.loss,
         "tv_alpha": args.tv_alpha, "seed": args.seed, "augment": args.augment, "max_minutes": args.max_minutes,
+        "checkpoint_every": args.checkpoint_every,
         "feedback": args.feedback, "correction_prob": args.correction_prob,
     }
     cfg = recipe_for(args.model)
@@ -209,7 +213,7 @@ class _Progress:
             self.tqdm = None
 
     def __call__(self, e) -> None:
-        from ..training import Cancelled, Checkpoint, EpochStart, Finished, Step, Validation
+        from ..training import Cancelled, Checkpoint, EpochStart, Finished, Resumed, Step, Validation
 
         if not self.enabled:
             return
@@ -231,8 +235,11 @@ class _Progress:
                 store = (f" | mask store {e.mask_store_bytes / 1024:.1f} KiB RLE vs {e.mask_dense_bytes / 1024:.1f} KiB dense"
                          f" ({e.mask_dense_bytes / max(1, e.mask_store_bytes):.1f}x)")
             print(f"epoch {e.epoch + 1}: val loss {e.loss:.4f} {m}{' *' if e.improved else ''}{store}", file=sys.stderr)
-        elif isinstance(e, Checkpoint) and e.kind == "best":
-            pass
+        elif isinstance(e, Resumed):
+            where = f"step {e.step + 1} of {e.steps} in epoch {e.epoch + 1}" if e.step else f"epoch {e.epoch + 1}"
+            print(f"resuming from {e.path}: continuing at {where}", file=sys.stderr)
+        elif isinstance(e, Checkpoint) and e.kind == "step" and self.bar is None:
+            print(f"epoch {e.epoch + 1}: saved the resume state after step {e.steps_done}", file=sys.stderr)
         elif isinstance(e, (Finished, Cancelled)):
             self.close()
 
@@ -259,6 +266,9 @@ def run(args) -> int:
         raise CLIError(f"{out} is not empty (an earlier run?); pass --resume to continue it, --overwrite to "
                        "replace it, or choose another --out")
     cfg = _config(args)
+    if args.resume and (finished := _finished_run(out, cfg.epochs)):
+        print(finished)
+        return 0
     try:
         rank, device = _init_distributed(args.device)
     except RuntimeError as exc:
@@ -299,5 +309,40 @@ def run(args) -> int:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     if rank == 0:
-        print(f"wrote {trainer.model_path} (best epoch {trainer.best_epoch + 1 if trainer.best_epoch is not None else '-'})")
+        print(_summary(trainer, cfg.epochs))
     return 0
+
+
+def _summary(trainer, epochs: int) -> str:
+    """The last line: what was written, or, resuming a finished run, that nothing was."""
+    from ..training import Step
+
+    if trainer.resume and not any(isinstance(e, Step) for e in trainer.history):
+        return _nothing_left(trainer.out_dir, trainer.start_epoch, epochs, trainer.best_epoch)
+    best = trainer.best_epoch + 1 if trainer.best_epoch is not None else "-"
+    return f"wrote {trainer.model_path} (best epoch {best})"
+
+
+def _nothing_left(out: Path, done: int, epochs: int, best_epoch: int | None) -> str:
+    best = f" (best epoch {best_epoch + 1})" if best_epoch is not None else ""
+    return (f"nothing left to train: {out} already finished {done} epoch(s) of --epochs {epochs}; "
+            f"{out / 'model.safetensors'}{best} is unchanged; pass --epochs N with N > {done} to train it further")
+
+
+def _finished_run(out: Path, epochs: int) -> str | None:
+    """``--resume`` of a run that already has its epochs: say so before reading any data."""
+    import json
+
+    from ..training.checkpoint import STATE_JSON, find_state_dir
+
+    d = find_state_dir(out)
+    if d is None:
+        return None
+    try:
+        meta = json.loads((d / STATE_JSON).read_text())
+        done = int(meta["epoch"]) + 1
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the engine reports a broken state
+    if meta.get("within_epoch") is not None or done < epochs:
+        return None
+    return _nothing_left(out, done, epochs, meta.get("best_epoch"))

@@ -37,10 +37,21 @@ def confusion(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int, int]:
     return tp, fp, fn, tn
 
 
-def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing=None, *, connectivity: int = 1) -> dict:
-    """All metrics for one pair; ``hd95`` in pixels/voxels, plus ``hd95_mm`` when ``spacing`` is given."""
+def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing=None, *, connectivity: int = 1,
+                   roi: np.ndarray | None = None) -> dict:
+    """All metrics for one pair; ``hd95`` in pixels/voxels, plus ``hd95_mm`` when ``spacing`` is given.
+
+    ``roi`` (same shape, > 0 inside): count only pixels inside it, as field-of-view data (retinal
+    fundus images) are scored: the dark border outside is neither a true negative nor a
+    boundary; hd95 is taken between the two masks cut to the ROI."""
     pred, gt = np.asarray(pred).astype(bool), np.asarray(gt).astype(bool)
-    tp, fp, fn, tn = confusion(pred, gt)
+    if roi is not None:
+        roi = np.asarray(roi) > 0
+        if roi.shape != pred.shape or gt.shape != pred.shape:
+            raise ValueError(f"ROI {roi.shape}, prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+        pred, gt = pred & roi, gt & roi
+    tp, fp, fn, tn = confusion(pred[roi], gt[roi]) if roi is not None else confusion(pred, gt)
+    n = tp + fp + fn + tn
     both_empty = tp + fp + fn == 0
     out = {
         "dice": 1.0 if both_empty else 2 * tp / (2 * tp + fp + fn),
@@ -48,7 +59,7 @@ def binary_metrics(pred: np.ndarray, gt: np.ndarray, spacing=None, *, connectivi
         "precision": _ratio(tp, tp + fp),
         "recall": _ratio(tp, tp + fn),
         "specificity": _ratio(tn, tn + fp),
-        "accuracy": _ratio(tp + tn, pred.size),
+        "accuracy": _ratio(tp + tn, n),
         "f2": 1.0 if both_empty else 5 * tp / (5 * tp + 4 * fn + fp),
         "fp_rate": _ratio(fp, fp + tn),
         "fn_rate": _ratio(fn, fn + tp),

@@ -1,7 +1,7 @@
 """Headless training: one event-generating engine, the papers' recipes and losses."""
 
 from .engine import Trainer, TrainingError
-from .events import Cancelled, Checkpoint, EpochStart, Event, Finished, Step, Validation
+from .events import Cancelled, Checkpoint, EpochStart, Event, Finished, Resumed, Step, Validation
 from .losses import BCEDiceLoss, CEDiceLoss, CrossEntropyLoss, FeedbackWeightedCE, SoftDiceLoss, build_loss
 from .mask_store import MaskStore, rle_decode, rle_encode
 from .recipes import TrainConfig, build_augmenter, recipe_for
@@ -28,4 +28,5 @@ __all__ = [
     "Checkpoint",
     "Finished",
     "Cancelled",
+    "Resumed",
 ]

@@ -17,7 +17,9 @@ from an epoch checkpoint reaches the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
+import re
 import threading
 import time
 import warnings
@@ -27,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from ..data.errors import SegattnWarning
@@ -35,7 +37,7 @@ from ..devices import resolve_device
 from ..inference.predict import use_channels_last
 from ..inference.traits import model_traits
 from . import checkpoint as ckpt
-from .events import Cancelled, Checkpoint, EpochStart, Event, Finished, Step, Validation
+from .events import Cancelled, Checkpoint, EpochStart, Event, Finished, Resumed, Step, Validation
 from .losses import build_loss
 from .mask_store import MaskStore
 from .health import DivergenceWatch
@@ -104,6 +106,7 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.last_checkpoint: Path | None = None
         self.model_path: Path | None = None
+        self.start_epoch = 0
 
     # -- control --------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -122,21 +125,24 @@ class Trainer:
     def run(self) -> Iterator[Event]:
         cfg = self.config
         self._setup()
-        start_epoch = self._maybe_resume()
+        steps = len(self.loader)  # full epochs: before any resume skip is set
+        start_epoch, skip = self._maybe_resume(steps)
+        self.start_epoch = start_epoch  # epochs finished before this call
         if self.resume and start_epoch >= cfg.epochs:
             warnings.warn(f"resume: the run in {self.out_dir} already finished its {cfg.epochs} epoch(s); nothing "
                           f"left to train (pass a larger epochs / --epochs to continue it)", SegattnWarning, stacklevel=2)
+        elif self.resume and self.last_checkpoint is not None:
+            yield self._emit(Resumed(start_epoch, skip, steps, self.last_checkpoint))
         watch = DivergenceWatch(self.model, cfg.lr, f"try a smaller --lr / lr (this run: {cfg.lr:g})")
-        steps = len(self.loader)
-        total_steps = max(1, (cfg.epochs - start_epoch) * steps)
+        total_steps = max(1, (cfg.epochs - start_epoch) * steps - skip)
         done = 0
         t0 = time.perf_counter()
         for epoch in range(start_epoch, cfg.epochs):
-            self._seed_epoch(epoch)
-            self.sampler.set_epoch(epoch)
+            first = skip if epoch == start_epoch else 0
+            batches = self._epoch_batches(epoch, first)
             yield self._emit(EpochStart(epoch, cfg.epochs, steps, self._lr()))
             self.model.train()
-            for step, batch in enumerate(self.loader):
+            for step, batch in enumerate(batches, start=first):
                 if self._cancel.is_set():
                     yield self._emit(Cancelled(epoch, step, self.last_checkpoint))
                     return
@@ -146,6 +152,8 @@ class Trainer:
                 done += 1
                 eta = (time.perf_counter() - t0) / done * (total_steps - done)
                 yield self._emit(Step(epoch, step, loss, lr, eta, steps))
+                if self._step_checkpoint_due(step, steps):
+                    yield from self._save_within_epoch(epoch, step + 1, steps)
             if self._cancel.is_set():
                 yield self._emit(Cancelled(epoch, steps, self.last_checkpoint))
                 return
@@ -157,6 +165,25 @@ class Trainer:
                               stacklevel=2)
                 break
         yield self._emit(Finished(cfg.epochs, self.best_epoch, self.best_score, self.model_path))
+
+    def _epoch_batches(self, epoch: int, skip: int) -> Iterator[dict[str, Any]]:
+        """The epoch's batches from step ``skip`` on, in the order an uninterrupted run sees them.
+
+        The order and the augmentation depend only on (seed, epoch); the skipped batches are not
+        loaded. Resuming within an epoch, the RNG states saved with the checkpoint replace the
+        epoch seed after the loader has drawn its own base seed, as it did the first time."""
+        self._seed_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.order.skip = skip * self.config.batch_size
+        batches = iter(self.loader)  # the sampler reads ``skip`` lazily: it stays set for this epoch
+        if skip:
+            _set_rng_state(self._resume_rng, self.device)
+            self._resume_rng = None
+        return batches
+
+    def _step_checkpoint_due(self, step: int, steps: int) -> bool:
+        n = self.config.checkpoint_every
+        return bool(n) and (step + 1) % n == 0 and step + 1 < steps and self.out_dir is not None and self.rank == 0
 
     # -- set-up ---------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -212,8 +239,10 @@ class Trainer:
                 f"batch size {bs} with drop_last leaves no batch: only {len(self.sampler)} training sample(s)"
                 + (" on this rank" if self.distributed else "")
             )
+        self.order = _SkipSampler(self.sampler)  # resuming within an epoch starts later in its order
+        self._resume_rng: dict[str, Any] | None = None
         self.loader = DataLoader(
-            self.train_data, batch_size=bs, sampler=self.sampler, drop_last=cfg.drop_last,
+            self.train_data, batch_size=bs, sampler=self.order, drop_last=cfg.drop_last,
             num_workers=cfg.num_workers, pin_memory=cuda,
         )
         self.val_loader = (
@@ -471,25 +500,49 @@ class Trainer:
             self.last_checkpoint = ckpt.write_state_dir(self.out_dir, lambda d: self._write_state(d, epoch))
             yield self._emit(Checkpoint(self.last_checkpoint, epoch, "last"))
 
-    def _save_model(self, path: Path, epoch: int) -> Path:
+    def _save_model(self, path: Path, epoch: int, within: dict[str, Any] | None = None) -> Path:
+        """Weights plus what they are, in the sidecar .json; epochs there are 1-based as the log
+        prints them (``epoch 3: val loss ... *``, ``best epoch 3``)."""
         from ..models.io import save_model
 
-        return save_model(
-            self.model, path, normalization=self.normalization, class_names=self.class_names,
-            extra={"training": {"epoch": epoch, "recipe": self.config.recipe, "reverse_labels": self.reverse_labels,
-                                "data": _describe_data(self.train_ds, self.val_ds)}},
-        )
+        done = epoch + 1  # epochs finished by these weights
+        info = {"epochs_done": done, "epochs": self.config.epochs,
+                "best_epoch": self.best_epoch + 1 if self.best_epoch is not None else None,
+                "recipe": self.config.recipe, "reverse_labels": self.reverse_labels,
+                "data": _describe_data(self.train_ds, self.val_ds)}
+        if within is not None:
+            info["steps_done_in_epoch"] = {"epoch": within["epoch"] + 1, "steps": within["steps_done"],
+                                           "of": within["steps"]}
+        return save_model(self.model, path, normalization=self.normalization, class_names=self.class_names,
+                          extra={"training": info})
 
-    def _write_state(self, d: Path, epoch: int) -> None:
-        self._save_model(d / "model.safetensors", epoch)
+    def _save_within_epoch(self, epoch: int, steps_done: int, steps: int) -> Iterator[Event]:
+        """The resume state after ``steps_done`` steps of ``epoch`` (``checkpoint_every``)."""
+        within = {"epoch": epoch, "steps_done": steps_done, "steps": steps, "batch_size": self.config.batch_size}
+        self.last_checkpoint = ckpt.write_state_dir(self.out_dir, lambda d: self._write_state(d, epoch - 1, within))
+        yield self._emit(Checkpoint(self.last_checkpoint, epoch, "step", steps_done))
+
+    def _write_state(self, d: Path, epoch: int, within: dict[str, Any] | None = None) -> None:
+        """``epoch``: the last finished epoch (-1: none); ``within``: where in the next one the
+        state was written (its steps done, the staged FANet masks and the RNG states)."""
+        self._save_model(d / "model.safetensors", epoch, within)
         tensors, opt_meta = ckpt.flatten_optimizer(self.optimizer.state_dict())
         for key, store in (("masks_train", self.mask_store), ("masks_val", self.val_mask_store)):
             if store is not None:
                 for k, v in store.state_dict().items():
                     tensors[f"{key}/{k}"] = torch.from_numpy(np.ascontiguousarray(v))
+        rng = None
+        if within is not None:
+            if self.mask_store is not None and self.mask_store.staged:
+                for k, v in self.mask_store.staged_state_dict().items():
+                    tensors[f"staged_train/{k}"] = torch.from_numpy(np.ascontiguousarray(v))
+            rng_tensors, rng = _rng_state(self.device)
+            tensors.update(rng_tensors)
         meta = {
             "format": "napari-segattn/training-state-v1",
             "epoch": epoch,
+            "within_epoch": within,
+            "rng": rng,
             "config": self.config.to_dict(),
             "optimizer": opt_meta,
             "scheduler": ckpt.jsonable(self.scheduler.state_dict()) if self.scheduler is not None else None,
@@ -501,19 +554,24 @@ class Trainer:
         }
         ckpt.save_state(d, tensors, meta)
 
-    def _maybe_resume(self) -> int:
+    def _maybe_resume(self, steps: int) -> tuple[int, int]:
+        """``(epoch, step)`` to continue from: after the last finished epoch, or within an epoch
+        when the state was written there (``checkpoint_every``)."""
         if not self.resume or self.out_dir is None:
-            return 0
+            return 0, 0
         d = ckpt.find_state_dir(self.out_dir)
         if d is None:
             warnings.warn(f"resume: {self.out_dir} has no complete last/ checkpoint; training starts from scratch",
                           SegattnWarning, stacklevel=3)
-            return 0
+            return 0, 0
         from safetensors.torch import load_file
 
         tensors, meta = ckpt.read_state(d)
         if meta.get("format") != "napari-segattn/training-state-v1":
             raise TrainingError(f"{d}: not a napari-segattn training state (format {meta.get('format')!r})")
+        within = meta.get("within_epoch")
+        if within is not None:
+            self._check_within(d, within, steps)
         try:
             self.model.load_state_dict(load_file(str(d / "model.safetensors"), device=str(self.device)))
         except RuntimeError as exc:
@@ -527,16 +585,32 @@ class Trainer:
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         for key, store in (("masks_train", self.mask_store), ("masks_val", self.val_mask_store)):
-            arrays = {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith(key + "/")}
+            arrays = _prefixed(tensors, key)
             if store is not None and arrays:
                 store.load_state_dict(arrays)
+        staged = _prefixed(tensors, "staged_train")
+        if self.mask_store is not None and staged:
+            self.mask_store.load_staged_state_dict(staged)
         self.best_score, self.best_epoch = meta.get("best_score"), meta.get("best_epoch")
         self.best_val_loss = meta.get("best_val_loss")
         self.base_lrs = meta.get("base_lrs", self.base_lrs)
         self.last_checkpoint = d
         if (self.out_dir / "model.safetensors").exists():
             self.model_path = self.out_dir / "model.safetensors"
-        return int(meta["epoch"]) + 1
+        if within is None:
+            return int(meta["epoch"]) + 1, 0
+        self._resume_rng = {"meta": meta["rng"], "tensors": _prefixed(tensors, "rng", numpy=False)}
+        return int(within["epoch"]), int(within["steps_done"])
+
+    def _check_within(self, d: Path, within: dict[str, Any], steps: int) -> None:
+        """A state written within an epoch continues that epoch's order only with the same batches."""
+        bs = self.config.batch_size
+        if within["batch_size"] != bs or within["steps"] != steps:
+            raise TrainingError(
+                f"cannot resume from {d}: it was written at step {within['steps_done']} of epoch {within['epoch'] + 1} "
+                f"with batch size {within['batch_size']} and {within['steps']} steps per epoch, this run has batch "
+                f"size {bs} and {steps} steps; resume with the same data and --batch-size {within['batch_size']}"
+            )
 
     def _emit(self, event: Event) -> Event:
         self.history.append(event)
@@ -546,17 +620,75 @@ class Trainer:
 
 
 # -- helpers ------------------------------------------------------------------------------
+class _SkipSampler(Sampler):
+    """The wrapped sampler's order without its first ``skip`` indices (a resume within an epoch)."""
+
+    def __init__(self, inner: Sampler) -> None:
+        self.inner = inner
+        self.skip = 0
+
+    def __iter__(self):
+        return itertools.islice(iter(self.inner), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, len(self.inner) - self.skip)
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str, numpy: bool = True) -> dict[str, Any]:
+    return {k.split("/", 1)[1]: (v.numpy() if numpy else v) for k, v in tensors.items() if k.startswith(prefix + "/")}
+
+
+def _rng_state(device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch, CUDA, numpy and ``random`` states (tensors + JSON), so dropout and any other draw
+    continue after a resume within an epoch as they would have."""
+    tensors = {"rng/torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["rng/numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    meta = {"numpy": [name, int(pos), int(has_gauss), float(gauss)], "random": ckpt.jsonable(random.getstate())}
+    return tensors, meta
+
+
+def _set_rng_state(state: dict[str, Any] | None, device: torch.device) -> None:
+    if state is None:
+        return
+    t, meta = state["tensors"], state["meta"]
+    torch.set_rng_state(t["torch"])
+    if "cuda" in t and device.type == "cuda":
+        torch.cuda.set_rng_state(t["cuda"], device)
+    name, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, t["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = meta["random"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
 def _describe_data(train_ds, val_ds) -> dict[str, Any]:
     """What a checkpoint was trained on, so a loader can say it before anything runs."""
-    names = list(getattr(train_ds, "names", []) or [])
+    names = [str(n) for n in (getattr(train_ds, "names", []) or [])]
     return {
         "train_samples": len(train_ds),
         "val_samples": len(val_ds) if val_ds is not None else 0,
         "examples": names[:3],
+        "train_files": _source_files(train_ds),
+        "val_files": _source_files(val_ds),
         "channels": getattr(train_ds, "num_channels", None),
         "classes": getattr(train_ds, "num_classes", None),
         "binarize": getattr(train_ds, "binarize", None),  # labels > T were foreground (None: not binarised)
     }
+
+
+#: a sample name's tile / slice / list-item suffixes: ``a.png[tile 3]``, ``t1.nii.gz[z=40]``
+_SAMPLE_SUFFIX = re.compile(r"(\[[^\[\]]*\])+$")
+
+
+def _source_files(ds) -> list[str]:
+    """The distinct files (or napari layers) behind a data set's samples, in order, as plain
+    strings: a sample name without its tile/slice suffix."""
+    out: dict[str, None] = {}
+    for n in (getattr(ds, "names", None) or []) if ds is not None else []:
+        out.setdefault(_SAMPLE_SUFFIX.sub("", str(n)) or str(n), None)
+    return list(out)
 
 
 def _spec(name: str | None):

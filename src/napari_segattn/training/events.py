@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Event", "EpochStart", "Step", "Validation", "Checkpoint", "Finished", "Cancelled"]
+__all__ = ["Event", "EpochStart", "Step", "Validation", "Checkpoint", "Finished", "Cancelled", "Resumed"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class Validation(Event):
 class Checkpoint(Event):
     path: Path
     epoch: int
-    kind: str  # "last" (resume state) or "best" (model.safetensors)
+    kind: str  # "last" (resume state), "step" (resume state within an epoch) or "best" (model.safetensors)
+    steps_done: int | None = None  # "step": optimisation steps of ``epoch`` the state holds
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,13 @@ class Cancelled(Event):
     epoch: int
     step: int
     last_checkpoint: Path | None
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    """A resumed run continues at ``step`` (0-based) of ``epoch`` (0-based) from ``path``."""
+
+    epoch: int
+    step: int
+    steps: int
+    path: Path

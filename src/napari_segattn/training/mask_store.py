@@ -152,6 +152,18 @@ class MaskStore:
         }
         self._staged.clear()
 
+    def staged_state_dict(self) -> dict[str, np.ndarray]:
+        """The staged (not yet committed) masks, as :meth:`state_dict` arrays: a checkpoint written
+        within an epoch keeps the masks predicted so far in that epoch."""
+        tmp = MaskStore()
+        tmp._codes = dict(self._staged)
+        return tmp.state_dict()
+
+    def load_staged_state_dict(self, state: dict[str, Any]) -> None:
+        tmp = MaskStore()
+        tmp.load_state_dict(state)
+        self.stage_codes(tmp._codes)
+
 
 def _encode(mask: np.ndarray) -> tuple[tuple[int, int], np.ndarray]:
     mask = np.asarray(mask)

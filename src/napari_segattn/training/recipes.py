@@ -58,6 +58,9 @@ class TrainConfig:
     select_class: int | None = None
     # run
     max_minutes: float | None = None  # time budget: stop after the epoch that passes it (saved, resumable)
+    # also write the resume state last/ every N optimisation steps within an epoch (0 = only at
+    # epoch ends), so a kill in a long epoch loses fewer than N steps
+    checkpoint_every: int = 0
     seed: int = 0
     amp: str = "auto"  # auto (bf16/fp16 on CUDA, off elsewhere) | bf16 (also CPU) | fp16 | off
     channels_last: bool = True  # on CUDA; on CPU only for models measured faster (FANet)
@@ -85,6 +88,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.correction_prob={self.correction_prob!r}; choose a value in [0, 1]")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"TrainConfig.checkpoint_every={self.checkpoint_every!r}; use 0 (epoch ends only) or "
+                             "a number of steps >= 1")
         if self.milestones is not None and any(m < 1 for m in self.milestones):
             raise ValueError(f"milestones {list(self.milestones)}: each must be >= 1 (a milestone at epoch 0 lowers "
                              "the learning rate before the first step)")

@@ -200,7 +200,9 @@ class ModelWidget(Container):
         trained = (loaded.info or {}).get("training") or {}
         if trained:
             data = trained.get("data") or {}
-            lines.append(f"trained: recipe {trained.get('recipe')}, epoch {trained.get('epoch', -1) + 1}"
+            # 1-based as the training log prints it; files before "epochs_done" held a 0-based "epoch"
+            epoch = trained.get("epochs_done", trained.get("epoch", -1) + 1)
+            lines.append(f"trained: recipe {trained.get('recipe')}, epoch {epoch}"
                          + (f", {data.get('train_samples')} training / {data.get('val_samples')} validation samples"
                             f" (e.g. {', '.join(data.get('examples') or [])})" if data else ""))
         lines.insert(1, f"in: {loaded.model.in_channels} channel(s), out: {loaded.model.out_channels} "
