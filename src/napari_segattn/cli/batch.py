@@ -14,30 +14,27 @@ from . import CLIError
 __all__ = ["is_batch", "expand_inputs", "refuse_inputs", "label_suffix"]
 
 
-def _is_store(p: Path) -> bool:
-    """A zarr store is a folder but one image."""
-    return p.name.lower().endswith(".zarr") or any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
-
-
 def is_batch(paths: list[str]) -> bool:
     """More than one input, or a folder of images."""
-    return len(paths) > 1 or any(Path(p).is_dir() and not _is_store(Path(p)) for p in paths)
+    from ..inference.batch import is_store
+
+    return len(paths) > 1 or any(Path(p).is_dir() and not is_store(Path(p)) for p in paths)
 
 
 def _images_in(folder: Path) -> list[Path]:
-    from ..inference.files import NIFTI, RASTER, TIFF, matching_suffix
+    from ..inference import InputError
+    from ..inference.batch import images_in
 
-    found = [p for p in sorted(folder.iterdir())
-             if not p.name.startswith(".") and ((p.is_file() and matching_suffix(p) in NIFTI + TIFF + RASTER)
-                                                or (p.is_dir() and _is_store(p)))]
-    if not found:
-        raise CLIError(f"{folder}: no images in this folder (.nii/.nii.gz, .tif, .png, .jpg, .zarr)")
-    return found
+    try:
+        return images_in(folder)
+    except InputError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def expand_inputs(paths: list[str]) -> list[Path]:
     """The input files in order, folders expanded; refused: a missing path, two inputs whose
     outputs would share a name."""
+    from ..inference.batch import is_store
     from ..inference.files import file_stem
 
     out: list[Path] = []
@@ -45,7 +42,7 @@ def expand_inputs(paths: list[str]) -> list[Path]:
         p = Path(raw)
         if not p.exists():
             raise CLIError(f"{p}: no such file or folder")
-        out += _images_in(p) if p.is_dir() and not _is_store(p) else [p]
+        out += _images_in(p) if p.is_dir() and not is_store(p) else [p]
     seen: dict[str, Path] = {}
     for p in out:
         other = seen.setdefault(file_stem(p), p)
@@ -64,7 +61,7 @@ def refuse_inputs(outputs, inputs) -> None:
 
 
 def label_suffix(image: Path) -> str:
-    """The label file type written for an input: NIfTI stays NIfTI (its header kept), others TIFF."""
-    from ..inference.files import NIFTI, matching_suffix
+    """The label file type written for an input (``inference.batch.label_suffix``)."""
+    from ..inference.batch import label_suffix as suffix
 
-    return ".nii.gz" if matching_suffix(image) in NIFTI else ".tif"
+    return suffix(image)
