@@ -72,3 +72,32 @@ def test_accepts_saliency_maps(standin):
     assert r.classes == ["bg", "gm"]
     np.testing.assert_allclose(r.shift_px, 0.0)
     np.testing.assert_allclose(r.mass_a.sum(1), 1.0)
+
+
+def test_summary_sentence_and_plain_table_by_hand(example):
+    """Issue 14 item 7: what a person reads, worked out from the hand example above."""
+    a, b, gt = example
+    r = attention_shift(a, b, gt, class_names=["bg", "fg"], spacing=(2.0, 1.0), labels=("a:plain", "b:gated"))
+    # the explained class is 0 ("bg"), so the sentence talks about region bg: 25 % -> 0 %
+    assert r.summary() == ("b (gated) puts 25 percentage points less of its saliency on bg than a (plain) "
+                           "(0% vs 25%); the saliency centroid moved 5.2 px (10.08 mm).")
+    cols, rows = r.table()
+    assert cols == ["class", "on bg: a (%)", "on bg: b (%)", "on bg: b - a (points)", "on fg: a (%)", "on fg: b (%)",
+                    "on fg: b - a (points)", "centroid shift (px)", "centroid shift (mm)"]
+    assert rows == [["bg", 25.0, 0.0, -25.0, 75.0, 100.0, 25.0, 5.2, 10.08]]
+    # a class not among the regions: the region whose share changed most (tie -> the first)
+    r2 = attention_shift(a[None], b[None], gt, regions=[0, 1], class_names=["bg", "fg", "other"])
+    r2.classes = ["other"]
+    assert " on bg " in r2.summary() and r2.summary().startswith("b puts")
+
+
+def test_relative_saliency_and_symmetric_limits():
+    from napari_segattn.explain.shift import relative_saliency, symmetric_limits
+
+    m = np.array([[0.0, -2.0], [1.0, 1.0]])
+    np.testing.assert_allclose(relative_saliency(m), [[0.0, 2.0], [1.0, 1.0]])  # mean |m| = 1
+    np.testing.assert_allclose(relative_saliency(100 * m), relative_saliency(m), rtol=1e-6)  # scale free
+    d = np.concatenate([np.linspace(-1, 1, 999), [50.0]])  # one extreme pixel
+    lo, hi = symmetric_limits(d, 99.0)
+    assert lo == -hi and 0.95 < hi < 1.0
+    assert symmetric_limits(np.zeros(4)) == (-1.0, 1.0)

@@ -192,3 +192,121 @@ def test_dice_plot_starts_at_the_initial_mask_with_named_axes(setup, qtbot):
     ref_c = viewer.layers["refinement (0 = initial mask)"].colormap.map(np.array([1]))[0]
     fb_c = viewer.layers["feedback mask (paint, then Step)"].colormap.map(np.array([1]))[0]
     assert not np.allclose(ref_c, fb_c)
+
+
+def _many_short_passes(monkeypatch, steps_per_pass=2):
+    """IG passes of 2 steps each: a long run in many short passes, as a 512x512 map has."""
+    import importlib
+
+    sal = importlib.import_module("napari_segattn.explain.saliency")  # the module, not the function
+    monkeypatch.setattr(sal, "ig_batch_size", lambda shape, n_steps: steps_per_pass)
+
+
+def test_saliency_shows_steps_and_cancel_stops_it_without_a_layer(setup, qtbot, monkeypatch):
+    """Bug 3: IG showed 0/1 for its whole run and could not be cancelled."""
+    import time
+
+    viewer, widgets, state, img, gt = setup
+    _many_short_passes(monkeypatch)
+    _build(widgets, "fpa", in_channels=1)
+    iw = widgets["InspectWidget"]
+    iw.run_mode.value = "full map"
+    iw.n_steps.value = 500
+    iw.saliency_button.clicked.emit()
+    worker = iw.worker
+    qtbot.waitUntil(lambda: "/500 IG steps" in iw.status.value, timeout=60_000)
+    done = int(iw.status.value.split(": ")[1].split("/")[0])
+    assert 0 < done < 500 and done % 2 == 0  # per pass of 2 steps, not 0/1
+    assert worker.pbar.total == 500 and 0 < worker.pbar.n < 500
+    t0 = time.perf_counter()
+    iw.cancel_button.clicked.emit()
+    _wait_idle(qtbot, state, timeout=30_000)
+    stopped_after = time.perf_counter() - t0
+    print(f"saliency stopped {stopped_after * 1000:.0f} ms after Cancel")
+    assert not worker.is_running and stopped_after < 5
+    assert "cancelled" in iw.status.value
+    assert not any(layer.name.startswith("IG saliency") for layer in viewer.layers)
+    assert iw.saliency_button.enabled  # the widget is usable again
+
+
+def test_saliency_preview_then_full_map_and_steps_from_the_gap(setup, qtbot):
+    """Item 13: a labelled preview first, then the full map; steps raised until the gap fits."""
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1)
+    iw = widgets["InspectWidget"]
+    assert iw.run_mode.value == "preview, then full map"
+    iw.n_steps.value = 4
+    iw.auto_steps.value = True
+    iw.gap_tolerance.value = 5.0
+    iw.saliency_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    prev = viewer.layers["IG saliency class 1 (preview, 8 steps, 1/4 size)"]
+    full = viewer.layers["IG saliency class 1"]
+    assert prev.data.shape == full.data.shape == img.shape
+    # the preview is blocky at 1/4 size: each 4x4 block holds one value
+    assert np.allclose(prev.data[:4, :4], prev.data[0, 0]) and not np.allclose(full.data[:4, :4], full.data[0, 0])
+    m = iw.last_saliency[0]
+    assert m.steps_tried[0][0] == 4 and m.n_steps == full.metadata["n_steps"][0]
+    assert m.relative_gap <= 0.05 or (m.n_steps == 256 and "tolerance" in iw.status.value)
+    assert f"{m.n_steps} steps" in iw.status.value
+    # preview only: the full map is left as it was
+    before = full.data.copy()
+    iw.run_mode.value = "preview only"
+    iw.saliency_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    np.testing.assert_array_equal(viewer.layers["IG saliency class 1"].data, before)
+    assert "preview" in iw.status.value
+
+
+def test_compare_reports_steps_and_cancels(setup, qtbot, tmp_path, monkeypatch):
+    from napari_segattn.models import build_model, save_model
+
+    viewer, widgets, state, img, gt = setup
+    _many_short_passes(monkeypatch)
+    a = save_model(build_model("unet", in_channels=1), tmp_path / "a.safetensors")
+    b = save_model(build_model("fpa", in_channels=1), tmp_path / "b.safetensors")
+    cw = widgets["CompareWidget"]
+    cw.ckpt_a.value, cw.ckpt_b.value = str(a), str(b)
+    cw.n_steps.value = 500
+    cw.compare_button.clicked.emit()
+    qtbot.waitUntil(lambda: "/1000 steps" in cw.status.value, timeout=60_000)
+    cw.cancel_button.clicked.emit()
+    _wait_idle(qtbot, state, timeout=30_000)
+    assert not cw.worker.is_running and "cancelled" in cw.status.value
+    assert cw.result is None and "attention shift (b - a)" not in viewer.layers
+
+
+def test_compare_is_readable(setup, qtbot, tmp_path):
+    """Item 7: one scale for both maps, a diverging difference that shows structure, plain
+    columns with units and a sentence of the numbers."""
+    import torch
+
+    from napari_segattn.models import build_model, save_model
+
+    viewer, widgets, state, img, gt = setup
+    torch.manual_seed(1)
+    a = save_model(build_model("unet", in_channels=1), tmp_path / "plain.safetensors")
+    torch.manual_seed(2)
+    b = save_model(build_model("fpa", in_channels=1), tmp_path / "gated.safetensors")
+    cw = widgets["CompareWidget"]
+    cw.ckpt_a.value, cw.ckpt_b.value = str(a), str(b)
+    cw.n_steps.value = 8
+    cw.compare_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    res = cw.result
+    sa, sb = viewer.layers["saliency a:plain"], viewer.layers["saliency b:gated"]
+    assert tuple(sa.contrast_limits) == tuple(sb.contrast_limits)  # one scale
+    np.testing.assert_allclose([sa.data.mean(), sb.data.mean()], 1.0, rtol=1e-4)  # 1 = uniform share
+    diff = viewer.layers["attention shift (b - a)"]
+    lo, hi = diff.contrast_limits
+    assert lo == pytest.approx(-hi) and 0 < hi < np.abs(diff.data).max()  # a percentile, not the extreme
+    assert (np.abs(diff.data) > 0.25 * hi).mean() > 0.05  # structure shows, not a flat wash
+    cm = diff.colormap.map(np.array([0.0, 0.5, 1.0]))
+    assert cm[1, 3] == 0 and cm[0, 3] == cm[2, 3] == 1 and cm[0, 2] > cm[0, 0] and cm[2, 0] > cm[2, 2]
+    cols = cw.table.column_headers
+    assert "centroid shift (px)" in cols and any("(%)" in c for c in cols) and not any("mass_" in c for c in cols)
+    j = res.regions.index("1")
+    d = res.mass_delta[0, j]
+    text = cw.summary.value
+    assert text.startswith("b (gated) puts") and f"{abs(d) * 100:.0f} percentage points" in text
+    assert ("more" if d >= 0 else "less") in text and f"moved {res.shift_px[0]:.1f} px" in text

@@ -5,7 +5,7 @@ Everything returns plain numpy arrays plus a small dataclass, shared by the CLI 
 
 from .attention_maps import AttentionMap, attention_maps
 from .error_maps import ERROR_COLORS, ERROR_NAMES, FN, FP, TN, TP, ErrorMap, error_map
-from .saliency import SaliencyMap, coverage, saliency, window_grid
+from .saliency import SaliencyMap, SaliencyProgress, coverage, iter_saliency, saliency, window_grid
 from .shift import ShiftResult, attention_shift
 
 __all__ = [
@@ -19,6 +19,8 @@ __all__ = [
     "FP",
     "saliency",
     "SaliencyMap",
+    "SaliencyProgress",
+    "iter_saliency",
     "window_grid",
     "coverage",
     "attention_maps",

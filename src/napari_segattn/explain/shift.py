@@ -19,7 +19,25 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["ShiftResult", "attention_shift", "saliency_mass", "saliency_centroid"]
+__all__ = ["ShiftResult", "attention_shift", "saliency_mass", "saliency_centroid", "relative_saliency",
+           "symmetric_limits"]
+
+
+def relative_saliency(m: np.ndarray) -> np.ndarray:
+    """``|m|`` divided by its mean: 1 = the share a uniform map gives each pixel, so two models'
+    maps (raw scales 0-34 and 0-0.6 in the issue's trial) read on one scale."""
+    a = np.abs(np.asarray(m, np.float64))
+    mean = a.mean()
+    return (a / mean if mean else np.zeros_like(a)).astype(np.float32)
+
+
+def symmetric_limits(d: np.ndarray, percentile: float = 99.0) -> tuple[float, float]:
+    """(-l, l) with l the ``percentile`` of ``|d|``: a few extreme pixels would otherwise set the
+    limits and leave the rest of a difference map at the colormap's neutral middle."""
+    a = np.abs(np.asarray(d, np.float64)).ravel()
+    lim = float(np.percentile(a, percentile)) if a.size else 0.0
+    lim = lim or (float(a.max()) if a.size else 0.0) or 1.0
+    return -lim, lim
 
 
 def saliency_mass(m: np.ndarray, gt: np.ndarray, regions: Sequence[int]) -> np.ndarray:
@@ -78,6 +96,54 @@ class ShiftResult:
                 row["shift_mm"] = float(self.shift_mm[i])
             out.append(row)
         return out
+
+    def _side(self, label: str) -> str:
+        side, _, name = label.partition(":")
+        return f"{side} ({name})" if name else label
+
+    def focus_region(self, i: int = 0) -> int:
+        """The region a sentence talks about: the one named like the explained class (the
+        foreground for class 1), else the one whose share changed most."""
+        if self.classes[i] in self.regions:
+            return self.regions.index(self.classes[i])
+        return int(np.nanargmax(np.abs(self.mass_delta[i]))) if np.isfinite(self.mass_delta[i]).any() else 0
+
+    def summary(self) -> str:
+        """One sentence per explained class: where b looks more than a, and how far the centroid moved."""
+        out = []
+        for i, k in enumerate(self.classes):
+            j = self.focus_region(i)
+            ma, mb, d = self.mass_a[i, j], self.mass_b[i, j], self.mass_delta[i, j]
+            if not np.isfinite(d):
+                out.append(f"class {k}: no saliency to compare (an all-zero map)")
+                continue
+            more = "more" if d >= 0 else "less"
+            moved = f"{self.shift_px[i]:.1f} px" + (f" ({self.shift_mm[i]:.2f} mm)" if self.shift_mm is not None else "")
+            lead = f"class {k}: " if len(self.classes) > 1 else ""
+            out.append(f"{lead}{self._side(self.label_b)} puts {abs(d) * 100:.0f} percentage points {more} of its "
+                       f"saliency on {self.regions[j]} than {self._side(self.label_a)} ({mb:.0%} vs {ma:.0%}); "
+                       f"the saliency centroid moved {moved}.")
+        return " ".join(out)
+
+    def table(self) -> tuple[list[str], list[list]]:
+        """(columns, rows) for a person: plain names with units, shares in %, no coordinates
+        (those stay in :meth:`rows`, the CSV/JSON)."""
+        cols = ["class"]
+        for r in self.regions:
+            cols += [f"on {r}: a (%)", f"on {r}: b (%)", f"on {r}: b - a (points)"]
+        cols.append("centroid shift (px)")
+        if self.shift_mm is not None:
+            cols.append("centroid shift (mm)")
+        rows = []
+        for i, k in enumerate(self.classes):
+            row: list = [k]
+            for j in range(len(self.regions)):
+                row += [round(100 * float(v), 1) for v in (self.mass_a[i, j], self.mass_b[i, j], self.mass_delta[i, j])]
+            row.append(round(float(self.shift_px[i]), 1))
+            if self.shift_mm is not None:
+                row.append(round(float(self.shift_mm[i]), 2))
+            rows.append(row)
+        return cols, rows
 
     def to_csv(self, path: str | Path) -> Path:
         rows = self.rows()

@@ -3,6 +3,8 @@ as saliency maps, a normalised difference map and the per-region saliency-mass t
 
 from __future__ import annotations
 
+import threading
+
 import napari
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox, Table
@@ -11,9 +13,20 @@ from napari.utils.notifications import show_error, show_info
 from .inputs import InputError, gather_input
 from .layers import upsert_layer, wrapped_label
 from .state import get_state
-from .workers import run_in_worker
+from .workers import JobProgress, relay_steps, run_in_worker
 
-__all__ = ["CompareWidget"]
+__all__ = ["CompareWidget", "shift_colormap", "DIFF_LAYER"]
+
+DIFF_LAYER = "attention shift (b - a)"
+
+
+def shift_colormap():
+    """Blue (a looks more) - transparent - red (b looks more): the image shows through where the
+    two agree, instead of the grey wash PiYG's light middle gave at opacity 0.8."""
+    from napari.utils.colormaps import Colormap
+
+    colors = [[0.13, 0.40, 0.85, 1.0], [0.13, 0.40, 0.85, 0.0], [0.85, 0.15, 0.15, 0.0], [0.85, 0.15, 0.15, 1.0]]
+    return Colormap(colors=colors, controls=[0.0, 0.5, 0.5, 1.0], name="shift: a blue, b red")
 
 
 class CompareWidget(Container):
@@ -28,14 +41,19 @@ class CompareWidget(Container):
         self.iter_b = SpinBox(label="iteration b", value=10, min=0, max=100)
         self.n_steps = SpinBox(label="IG steps", value=32, min=2, max=500)
         self.compare_button = PushButton(text="Compare (current slice)")
+        self.cancel_button = PushButton(text="Cancel")
+        self.summary = wrapped_label(value="")
         self.table = Table(value={"data": [], "columns": []})
         self.out = FileEdit(label="export table", mode="w", filter="*.csv")
         self.export_button = PushButton(text="Export CSV + JSON")
         self.status = wrapped_label(value="")
         self.extend([self.mode, self.ckpt_a, self.ckpt_b, self.iter_a, self.iter_b, self.n_steps,
-                     self.compare_button, self.table, self.out, self.export_button, self.status])
+                     self.compare_button, self.cancel_button, self.summary, self.table, self.out, self.export_button, self.status])
         self.compare_button.changed.connect(self.compare)
         self.export_button.changed.connect(self.export)
+        self._cancel = threading.Event()
+        self.cancel_button.changed.connect(lambda *_: self._cancel.set())
+        self.worker = None
         self.mode.changed.connect(self._mode_changed)
         self._mode_changed(self.mode.value)
         self.result = None
@@ -78,7 +96,7 @@ class CompareWidget(Container):
         return [(f"iter{a}", model, masks[a]), (f"iter{b}", model, masks[b])]
 
     def compare(self, *_):
-        from ..explain import attention_shift, saliency
+        from ..explain import attention_shift, iter_saliency
 
         if self.state.busy:
             show_error("another job is running; wait for it or cancel it")
@@ -96,14 +114,16 @@ class CompareWidget(Container):
             self.status.value = f"error: {exc}"
             return None
         n_steps, dev = int(self.n_steps.value), self.state.device
+        self._cancel.clear()
+        cancel = self._cancel.is_set
 
         def work():
             maps = []
-            for label, model, mask in jobs:
+            for i, (label, model, mask) in enumerate(jobs):
                 k = list(range(1, max(2, model.out_channels)))
-                maps.append(saliency(model, inp.image, k if len(k) > 1 else k[0], channel_axis=0, n_steps=n_steps,
-                                     device=dev, mask=mask))
-                yield label
+                gen = iter_saliency(model, inp.image, k if len(k) > 1 else k[0], channel_axis=0, n_steps=n_steps,
+                                    device=dev, mask=mask, cancel=cancel)
+                maps.append((yield from relay_steps(gen, i, len(jobs), f"side {label}")))
             names = self.state.loaded.class_names if self.state.loaded else None
             return maps, attention_shift(maps[0], maps[1], inp.ground_truth, names, labels=(jobs[0][0], jobs[1][0]))
 
@@ -112,26 +132,41 @@ class CompareWidget(Container):
             self.result = shift
             self._show(inp, jobs, maps, shift)
 
+        def yielded(ev):
+            if isinstance(ev, JobProgress):
+                self.status.value = f"IG saliency {ev.stage}: {ev.done}/{ev.total} steps... Cancel stops within one step"
+
+        def errored(exc):
+            from ..inference import Cancelled
+
+            self.status.value = "compare cancelled; no layer was added" if isinstance(exc, Cancelled) else f"error: {exc}"
+
         self.state.busy = True
         self.status.value = f"computing IG saliency ({n_steps} steps) for both sides..."
-        return run_in_worker(work, on_return=done, desc="attention shift", total=2,
-                             on_finish=lambda: setattr(self.state, "busy", False))
+        self.worker = run_in_worker(work, on_return=done, desc="attention shift", total=2, on_yield=yielded,
+                                    on_error=errored, on_finish=lambda: setattr(self.state, "busy", False))
+        return self.worker
 
     def _show(self, inp, jobs, maps, shift):
+        from ..explain.shift import relative_saliency, symmetric_limits
+
         geom = {"scale": inp.scale[-2:], "translate": inp.translate[-2:]}
-        for (label, _, _), m in zip(jobs, maps):
-            arr = np.abs(np.asarray(m.map, np.float32))
-            upsert_layer(self.viewer, "image", arr, f"saliency {label}", colormap="inferno", blending="additive",
-                         opacity=0.6, contrast_limits=(0.0, float(np.percentile(arr, 99.5)) or 1.0), **geom)
-        diff = shift.difference[0] if shift.difference.shape[0] == 1 else shift.difference
-        lim = float(np.abs(diff).max()) or 1.0
-        upsert_layer(self.viewer, "image", diff.astype(np.float32), "attention shift (b - a)", colormap="PiYG",
-                     contrast_limits=(-lim, lim), opacity=0.8, **geom)
-        rows = shift.rows()
-        cols = list(rows[0])
-        self.table.value = {"data": [[(f"{r[c]:.4g}" if isinstance(r[c], float) else r[c]) for c in cols] for r in rows],
-                            "index": [str(r["class"]) for r in rows], "columns": cols}
-        self.status.value = "shift of saliency centroid: " + ", ".join(f"{c}: {s:.2f} px" for c, s in zip(shift.classes, shift.shift_px))
+        # both maps as multiples of a uniform map's share, on one contrast range
+        rel = [relative_saliency(m.map) for m in maps]
+        hi = max(float(np.percentile(r, 99.5)) for r in rel) or 1.0
+        for (label, _, _), r in zip(jobs, rel):
+            upsert_layer(self.viewer, "image", r, f"saliency {label}", colormap="inferno", blending="additive",
+                         opacity=0.6, contrast_limits=(0.0, hi), metadata={"units": "x uniform share"}, **geom)
+        diff = rel[1] - rel[0]  # = the unit-mass difference times the pixel count
+        upsert_layer(self.viewer, "image", diff.astype(np.float32), DIFF_LAYER, colormap=shift_colormap(),
+                     contrast_limits=symmetric_limits(diff, 99.0), opacity=1.0, blending="translucent",
+                     metadata={"units": "x uniform share, b - a"}, **geom)
+        cols, rows = shift.table()
+        self.table.value = {"data": rows, "index": [str(r[0]) for r in rows], "columns": cols}
+        self.table.native.resizeColumnsToContents()
+        self.summary.value = shift.summary()
+        self.status.value = (f"saliency shown as multiples of a uniform map's share (1 = uniform); "
+                             f"{DIFF_LAYER}: red where b looks more, blue where a does")
 
     def export(self, *_):
         from pathlib import Path

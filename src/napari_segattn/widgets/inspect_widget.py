@@ -3,20 +3,27 @@ and its own attention maps -- for the current slice or the whole volume, in work
 
 from __future__ import annotations
 
+import inspect
 import threading
+from dataclasses import dataclass
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
 from napari.utils.notifications import show_error
 
 from .inputs import InputError, gather_input, scope_of, scope_picker
 from .layers import ERROR_LEGEND, place_slice, upsert_layer, wrapped_label
 from .settings import plugin_defaults
 from .state import get_state
-from .workers import run_in_worker
+from .workers import JobProgress, relay_steps, run_in_worker
 
-__all__ = ["InspectWidget", "error_colormap"]
+__all__ = ["InspectWidget", "error_colormap", "PREVIEW_STEPS", "PREVIEW_DOWNSCALE", "RUN_MODES"]
+
+#: the preview: few IG steps on a downscaled image, seconds on a CPU
+PREVIEW_STEPS = 8
+PREVIEW_DOWNSCALE = 4
+RUN_MODES = ("preview, then full map", "full map", "preview only")
 
 
 def error_colormap():
@@ -27,19 +34,45 @@ def error_colormap():
     return DirectLabelColormap(color_dict=dict(ERROR_COLORS))
 
 
+@dataclass(frozen=True)
+class PreviewDone:
+    """The preview maps, yielded so they are shown while the full map is computed."""
+
+    maps: list
+
+
+def _run_one(fn, img2d, z: int, n: int):
+    """``fn(img2d)``; when it is a core generator, relay its step progress over all ``n`` slices."""
+    result = fn(img2d)
+    if not inspect.isgenerator(result):
+        yield 1
+        return result
+    return (yield from relay_steps(result, z, n, f"slice {z + 1}/{n}" if n > 1 else ""))
+
+
 def _slices_generator(fn, inp, cancel):
     """Run ``fn(image2d)`` on the current slice or every slice of a volume, yielding progress."""
+    from ..inference import Cancelled
+
     if not inp.is_volume:
-        result = fn(inp.image)
-        yield 1
-        return [result]
+        return [(yield from _run_one(fn, inp.image, 0, 1))]
     out = []
-    for z in range(inp.image.shape[0]):
+    n = inp.image.shape[0]
+    for z in range(n):
         if cancel():
-            raise RuntimeError("cancelled")
-        out.append(fn(inp.image[z]))
-        yield 1
+            raise Cancelled("cancelled between slices")
+        out.append((yield from _run_one(fn, inp.image[z], z, n)))
     return out
+
+
+def _saliency_job(fn, inp, cancel, mode: str):
+    """Preview (yielded as PreviewDone) and/or full map (returned) as ``mode`` says."""
+    full = None
+    if mode != "full map":
+        yield PreviewDone((yield from _slices_generator(lambda im: fn(im, preview=True), inp, cancel)))
+    if mode != "preview only":
+        full = yield from _slices_generator(lambda im: fn(im, preview=False), inp, cancel)
+    return full
 
 
 class InspectWidget(Container):
@@ -56,12 +89,18 @@ class InspectWidget(Container):
         defaults = plugin_defaults()
         self.n_steps = SpinBox(label="IG steps", value=defaults.ig_steps, min=2, max=500)
         self.baseline = ComboBox(label="IG baseline", choices=["zeros", "blur", "mean"], value=defaults.ig_baseline)
+        self.run_mode = ComboBox(label="IG run", choices=list(RUN_MODES), value=RUN_MODES[0],
+                                 tooltip=f"preview: {PREVIEW_STEPS} steps on a 1/{PREVIEW_DOWNSCALE} size image, "
+                                         "seconds on a CPU")
+        self.auto_steps = CheckBox(text="raise steps until the completeness gap is below", value=False)
+        self.gap_tolerance = FloatSpinBox(label="gap tolerance (%)", value=5.0, min=0.1, max=50.0, step=0.5)
         self.saliency_button = PushButton(text="IG saliency")
         self.attention_button = PushButton(text="Attention maps")
         self.cancel_button = PushButton(text="Cancel")
         self.status = wrapped_label(value="")
         self.extend([self.scope, self.error_button, self.legend, self.counts, self.target_class, self.method,
-                     self.n_steps, self.baseline, self.saliency_button, self.attention_button, self.cancel_button,
+                     self.n_steps, self.baseline, self.run_mode, self.auto_steps, self.gap_tolerance,
+                     self.saliency_button, self.attention_button, self.cancel_button,
                      self.status])
         self._cancel = threading.Event()
         self.error_button.changed.connect(self.show_error_map)
@@ -70,6 +109,8 @@ class InspectWidget(Container):
         self.cancel_button.changed.connect(lambda *_: self._cancel.set())
         self.state.busy_changed.connect(self._busy_changed)
         self.last_error_map = None
+        self.worker = None
+        self.last_saliency = self.last_preview = None
 
     def _busy_changed(self, busy):
         for w in (self.error_button, self.saliency_button, self.attention_button):
@@ -103,14 +144,27 @@ class InspectWidget(Container):
             return ref.current_mask
         return None
 
-    def _run(self, fn, inp, on_done, desc):
+    def _run(self, fn, inp, on_done, desc, job=_slices_generator, job_args=(), on_yield=None):
         self._cancel.clear()
         n = inp.image.shape[0] if inp.is_volume else 1
         self.status.value = f"computing {desc} ({n} slice{'s' if n > 1 else ''})... Cancel stops between slices"
         self.state.busy = True
-        total = inp.image.shape[0] if inp.is_volume else 1
-        return run_in_worker(_slices_generator, fn, inp, self._cancel.is_set, on_return=on_done, desc=desc,
-                             total=total, on_finish=lambda: setattr(self.state, "busy", False))
+
+        def yielded(ev):
+            if isinstance(ev, JobProgress):
+                self.status.value = f"{desc}: {ev.done}/{ev.total} IG steps {ev.stage}... Cancel stops within one step"
+            if on_yield is not None:
+                on_yield(ev)
+
+        def errored(exc):
+            from ..inference import Cancelled
+
+            self.status.value = f"{desc} cancelled; no layer was added" if isinstance(exc, Cancelled) else f"error: {exc}"
+
+        self.worker = run_in_worker(job, fn, inp, self._cancel.is_set, *job_args, on_return=on_done, desc=desc,
+                                    total=n, on_yield=yielded, on_error=errored,
+                                    on_finish=lambda: setattr(self.state, "busy", False))
+        return self.worker
 
     # -- error map ---------------------------------------------------------------------------
     def show_error_map(self, *_):
@@ -145,32 +199,56 @@ class InspectWidget(Container):
         return self._run(one, inp, done, "error map")
 
     # -- saliency ---------------------------------------------------------------------------
+    def _saliency_kwargs(self, dev, mask, preview: bool) -> dict:
+        """Core arguments: the preview's few steps and downscale, or the user's full settings."""
+        kw = dict(method=self.method.value, baseline=self.baseline.value, channel_axis=0, device=dev, mask=mask,
+                  cancel=self._cancel.is_set)
+        if preview:
+            return kw | dict(n_steps=PREVIEW_STEPS, downscale=PREVIEW_DOWNSCALE)
+        kw["n_steps"] = int(self.n_steps.value)
+        if self.auto_steps.value:
+            kw["gap_tolerance"] = float(self.gap_tolerance.value) / 100.0
+        return kw
+
+    def _show_saliency_maps(self, inp, k: int, maps) -> None:
+        """One layer per kind of map: the full one keeps its plain name, a preview says so."""
+        arr = np.stack([np.abs(m.map) for m in maps]) if inp.is_volume else np.abs(maps[0].map)
+        full = place_slice(inp.layer_shape, inp.slice_index, arr.astype(np.float32))
+        hi = float(np.percentile(arr, 99.5)) or 1.0
+        name = f"IG saliency class {k}" + (f" ({maps[0].describe()})" if maps[0].preview else "")
+        upsert_layer(self.viewer, "image", full, name, colormap="inferno",
+                     blending="additive", opacity=0.7, contrast_limits=(0.0, hi), scale=inp.scale,
+                     translate=inp.translate, metadata={"completeness_gap": [m.relative_gap for m in maps],
+                                                        "n_steps": [m.n_steps for m in maps]})
+        gap = max(m.relative_gap for m in maps)
+        warn = next((m.warning for m in maps if m.warning), None)
+        self.status.value = (f"IG class {k} ({maps[0].describe()}): {len(maps)} map(s), completeness gap {gap:.2%} "
+                             f"({maps[0].seconds:.1f} s/slice)" + (f". {warn}" if warn else ""))
+
     def show_saliency(self, *_):
-        from ..explain import saliency
+        from ..explain import iter_saliency
 
         ctx = self._context()
         if ctx is None:
             return None
         inp, model, dev, mask = ctx
         k = int(self.target_class.value)
-        kwargs = dict(method=self.method.value, n_steps=int(self.n_steps.value), baseline=self.baseline.value,
-                      channel_axis=0, device=dev, mask=mask)
 
-        def one(img2d):
-            return saliency(model, img2d, k, **kwargs)
+        def one(img2d, preview):
+            return iter_saliency(model, img2d, k, **self._saliency_kwargs(dev, mask, preview))
+
+        def shown(ev):
+            if isinstance(ev, PreviewDone):
+                self.last_preview = ev.maps
+                self._show_saliency_maps(inp, k, ev.maps)
 
         def done(maps):
-            arr = np.stack([np.abs(m.map) for m in maps]) if inp.is_volume else np.abs(maps[0].map)
-            full = place_slice(inp.layer_shape, inp.slice_index, arr.astype(np.float32))
-            hi = float(np.percentile(arr, 99.5)) or 1.0
-            upsert_layer(self.viewer, "image", full, f"IG saliency class {k}", colormap="inferno",
-                         blending="additive", opacity=0.7, contrast_limits=(0.0, hi), scale=inp.scale,
-                         translate=inp.translate, metadata={"completeness_gap": [m.relative_gap for m in maps]})
-            gap = max(m.relative_gap for m in maps)
-            self.last_saliency = maps
-            self.status.value = f"IG class {k}: {len(maps)} map(s), completeness gap {gap:.2%} ({maps[0].seconds:.1f} s/slice)"
+            if maps is not None:  # None: preview only
+                self.last_saliency = maps
+                self._show_saliency_maps(inp, k, maps)
 
-        return self._run(one, inp, done, "IG saliency")
+        return self._run(one, inp, done, "IG saliency", job=_saliency_job, job_args=(self.run_mode.value,),
+                         on_yield=shown)
 
     # -- attention maps ------------------------------------------------------------------------
     def show_attention(self, *_):

@@ -6,12 +6,34 @@ progress bar, notifications and the widget callbacks, and keep the viewer respon
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 
-__all__ = ["run_in_worker", "explain_exception"]
+__all__ = ["run_in_worker", "explain_exception", "JobProgress", "relay_steps"]
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """Steps done of total over a whole job (slices, both sides of a compare): what the bar and
+    the status line show."""
+
+    done: int
+    total: int
+    stage: str
+
+
+def relay_steps(gen, part: int, parts: int, stage: str = ""):
+    """Run a core generator that yields ``done``/``total`` events as part ``part`` of ``parts``
+    equal parts of a job, re-yielding JobProgress over the whole job; returns its result."""
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield JobProgress(part * ev.total + ev.done, parts * ev.total, stage or getattr(ev, "stage", ""))
 
 
 def explain_exception(exc: BaseException) -> str:
@@ -67,8 +89,13 @@ def run_in_worker(
 ):
     """Start ``gen_func(*args, **kwargs)`` in a thread with napari's progress bar."""
     def _errored(exc: BaseException) -> None:
+        from ..inference import Cancelled
+
         exc = getattr(exc, "original", exc)
-        show_error(f"{desc} failed: {explain_exception(exc)}")
+        if isinstance(exc, Cancelled):  # the user asked for it: news, not a failure
+            show_info(f"{desc} cancelled; nothing was added")
+        else:
+            show_error(f"{desc} failed: {explain_exception(exc)}")
         if on_error is not None:
             on_error(exc)
         if on_finish is not None:  # finished is not always emitted after an error
