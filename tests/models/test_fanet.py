@@ -219,3 +219,25 @@ def test_edit_input_decodes_the_feedback_code_into_mask_and_signed_edit_channels
         want = m.output(torch.cat([h, t(decoded_mask)], 1))
         torch.testing.assert_close(got, want)
         assert not torch.allclose(got, m(x, t(decoded_mask)))  # the edit channel matters
+
+
+def test_with_feedback_inputs_starts_as_the_trained_model():
+    """The widened copy computes the same output as the model it came from (new input weights
+    zero) for any mask and edit, and its config records the new options."""
+    import numpy as np
+
+    from napari_segattn.models import build_model
+    from napari_segattn.models.fanet import feedback_code, with_feedback_inputs
+
+    torch.manual_seed(0)
+    base = build_model("fanet", in_channels=1, out_channels=1, width=8).eval()
+    wide = with_feedback_inputs(base).eval()
+    assert wide.mask_input and wide.edit_input and wide.segattn_config["config"]["edit_input"] is True
+    x = torch.randn(2, 1, 32, 32)
+    rng = np.random.default_rng(0)
+    mask = rng.random((32, 32)) > 0.5
+    edit = rng.random((32, 32)) > 0.8
+    code = torch.from_numpy(feedback_code(mask, edit, rng.random((32, 32)) > 0.5))[None, None].repeat(2, 1, 1, 1)
+    plain = torch.from_numpy(np.where(edit, code[0, 0].numpy() > 0.5, mask).astype(np.float32))[None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x, code), base(x, plain.repeat(2, 1, 1, 1)))

@@ -142,8 +142,10 @@ class TrainResult:
     best_epoch: int | None = None  # epoch (0-based) whose weights the model holds
 
 
-def train(model_name: str, model_kw: dict, train_ds, val_ds, config, log: Callable[[str], None] = print) -> TrainResult:
-    """Build and train one model with the project's Trainer (no files written).
+def train(model_name: str, model_kw: dict, train_ds, val_ds, config, log: Callable[[str], None] = print,
+          model=None) -> TrainResult:
+    """Build (or take ``model``, e.g. to fine-tune) and train one model with the project's
+    Trainer (no files written).
 
     With a validation set the model ends with the weights of the best validation epoch
     (``config.select_on``), as the papers' scripts keep their best checkpoint; without one,
@@ -158,7 +160,8 @@ def train(model_name: str, model_kw: dict, train_ds, val_ds, config, log: Callab
     from ..training import Trainer, Validation
 
     torch.manual_seed(config.seed)
-    model = build_model(model_name, **model_kw)
+    if model is None:
+        model = build_model(model_name, **model_kw)
     t0 = time.perf_counter()
     history, best_state, best_epoch = [], None, None
     for ev in Trainer(model, train_ds, val_ds, config, device="auto").run():

@@ -264,3 +264,30 @@ def feedback_code(mask: np.ndarray, edit: np.ndarray | None = None, painted: np.
     code[edit & value] = PAINTED_FOREGROUND
     code[edit & ~value] = PAINTED_BACKGROUND
     return code
+
+
+def with_feedback_inputs(model: FANet, *, mask_input: bool = True, edit_input: bool = True) -> FANet:
+    """A copy of a trained ``model`` that also takes the mask and/or the user's edit as input
+    channels, with zero weights on the new channels: it computes exactly what ``model`` does
+    until it is fine-tuned (``feedback="corrections"``). Starting a correction-aware FANet from a
+    trained one (as ControlNet starts its new inputs at zero) keeps its segmentation quality
+    instead of learning the image and the corrections at once."""
+    from .registry import build_model
+
+    config = {**model.segattn_config["config"], "mask_input": mask_input, "edit_input": edit_input}
+    new = build_model("fanet", **config)
+    old_state, state = model.state_dict(), new.state_dict()
+    for key, value in state.items():
+        src = old_state[key]
+        if src.shape != value.shape:  # the first block's convs: more input channels
+            if src.shape[0] != value.shape[0] or src.shape[2:] != value.shape[2:] or src.shape[1] > value.shape[1]:
+                raise ValueError(f"cannot widen {key}: {tuple(src.shape)} -> {tuple(value.shape)}")
+            widened = torch.zeros_like(value)
+            widened[:, : src.shape[1]] = src
+            src = widened
+        state[key] = src.clone()
+    new.load_state_dict(state)
+    for attr in ("segattn_normalization", "segattn_class_names"):
+        if hasattr(model, attr):
+            setattr(new, attr, getattr(model, attr))
+    return new
