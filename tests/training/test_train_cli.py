@@ -323,3 +323,29 @@ def test_model_json_has_the_printed_best_epoch_and_the_file_names(tmp_path, caps
     assert main(args + ["--resume", "--epochs", "4"]) == 0  # a larger --epochs continues it
     assert "resuming from" in capsys.readouterr().err
     assert json.loads((out / "last" / "model.json").read_text())["training"]["epochs_done"] == 4
+
+
+def test_init_from_starts_fine_tuning_from_the_saved_weights(tmp_path):
+    """--init-from: the built model gets the checkpoint's weights (FANet widened with zero-weight
+    feedback inputs, so it starts as exactly the saved model); another architecture or other
+    options are one-line errors."""
+    import pytest
+    import torch
+
+    from napari_segattn.cli import CLIError
+    from napari_segattn.cli.train_cmd import _init_from
+    from napari_segattn.models import build_model, save_model
+
+    torch.manual_seed(0)
+    saved = build_model("fanet", in_channels=1, out_channels=1, width=4).eval()
+    path = tmp_path / "released.safetensors"
+    save_model(saved, path)
+    fresh = build_model("fanet", in_channels=1, out_channels=1, width=4, mask_input=True, edit_input=True)
+    model = _init_from(str(path), "fanet", fresh).eval()
+    x, m = torch.randn(1, 1, 32, 32), (torch.rand(1, 1, 32, 32) > 0.5).float()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, m), saved(x, m))
+    with pytest.raises(CLIError, match="holds a 'fanet' model; --model is 'unet'"):
+        _init_from(str(path), "unet", build_model("unet", in_channels=1))
+    with pytest.raises(CLIError, match="does not fit the model built here"):
+        _init_from(str(path), "fanet", build_model("fanet", in_channels=1, out_channels=1, width=8))

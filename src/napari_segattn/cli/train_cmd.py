@@ -51,6 +51,10 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last")
     p.add_argument("--overwrite", action="store_true", help="train into a non-empty OUT, replacing its run")
     p.add_argument("--seed", type=int)
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of a saved model of the same architecture (fine-tuning); for "
+                        "FANet, --model-options may add mask_input/edit_input: the new input channels start at "
+                        "zero, so training begins from exactly the saved model")
     fb = p.add_argument_group("FANet feedback (correction-aware training, not in the paper)")
     fb.add_argument("--feedback", choices=["released", "corrections"],
                     help="what FANet is fed while training: its stored previous prediction (released, the "
@@ -293,6 +297,8 @@ def run(args) -> int:
                                            **_model_options(args.model_options)})
     except (TypeError, ValueError) as exc:
         raise CLIError(f"cannot build {args.model!r} for {ds.num_channels} channel(s), {out_channels} output(s): {exc}") from None
+    if args.init_from:
+        model = _init_from(args.init_from, args.model, model)
     progress = _Progress(enabled=rank == 0)
     trainer = Trainer(model, train_ds, val_ds, cfg, device=device, listeners=[progress], out_dir=args.out, resume=args.resume)
     try:
@@ -311,6 +317,31 @@ def run(args) -> int:
     if rank == 0:
         print(_summary(trainer, cfg.epochs))
     return 0
+
+
+def _init_from(path: str, name: str, model):
+    """``model`` with the weights of the checkpoint at ``path`` (widened for FANet feedback inputs)."""
+    from ..models import CheckpointError, load_model
+    from ..models.fanet import FANet, with_feedback_inputs
+
+    try:
+        start = load_model(path, map_location="cpu")
+    except (CheckpointError, OSError) as exc:
+        raise CLIError(f"--init-from: {exc}") from None
+    saved = start.segattn_config["name"]
+    if saved != name:
+        raise CLIError(f"--init-from {path} holds a {saved!r} model; --model is {name!r}")
+    if isinstance(model, FANet) and (model.mask_input, model.edit_input) != (start.mask_input, start.edit_input):
+        if (start.mask_input and not model.mask_input) or (start.edit_input and not model.edit_input):
+            raise CLIError(f"--init-from {path} takes feedback inputs the new model drops; keep its mask_input/edit_input")
+        start = with_feedback_inputs(start, mask_input=model.mask_input, edit_input=model.edit_input)
+    try:
+        model.load_state_dict(start.state_dict())
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        raise CLIError(f"--init-from {path} does not fit the model built here ({first}); "
+                       "give the same --model-options and data channels it was trained with") from None
+    return model
 
 
 def _summary(trainer, epochs: int) -> str:
