@@ -156,6 +156,11 @@ class FANetRefiner:
         return self._painted & self._edit
 
     @property
+    def pending_edit(self) -> bool:
+        """A correction was set (:meth:`set_mask`) since the last step: it is the next feedback."""
+        return self._edited
+
+    @property
     def current_mask(self) -> np.ndarray:
         """The feedback mask the next :meth:`step` will use."""
         return self._next_mask.copy()
