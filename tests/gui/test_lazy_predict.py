@@ -71,3 +71,27 @@ def test_a_level_that_does_not_exist_is_a_notification(viewer_and_widget, qtbot,
     widget.predict_button.clicked.emit()
     assert errors == ["layer 'lazy' is not multiscale; use level 0"] and not state.busy
     assert "prediction" not in viewer.layers
+
+
+def test_threshold_on_a_lazy_prediction_stays_lazy(viewer_and_widget, qtbot):
+    """Issue 14 item 10 on the zarr path: the shown mask follows the threshold, read block by
+    block from the stored probabilities (the model is not run again)."""
+    import dask.array as da
+
+    viewer, widget, state, model = viewer_and_widget
+    viewer.add_image(da.from_array(_image(), chunks=32), name="lazy")
+    state.set_inputs(["lazy"], None)
+    widget.predict_button.clicked.emit()
+    qtbot.waitUntil(lambda: not state.busy, timeout=60_000)
+    p = np.asarray(viewer.layers["probability"].data)
+    assert ((p > 0.45) != (p > 0.5)).any()  # the change is visible
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    widget.threshold.value = 0.45
+    pred = viewer.layers["prediction"]
+    assert isinstance(pred.data, da.Array) and not calls
+    np.testing.assert_array_equal(np.asarray(pred.data) > 0, p > 0.45)
+    assert "threshold 0.45" in widget.status.value
+    # instance labels need the mask in memory: said, no layer
+    widget.instances.value = True
+    assert "instances" not in viewer.layers and "lazy" in widget.objects.value

@@ -200,3 +200,32 @@ def test_an_edit_input_model_is_fed_the_feedback_code_of_what_was_painted(monkey
         np.testing.assert_array_equal(fed[-1][0, 0].numpy(), want)
         assert fed[0].min() >= 0 and fed[0].max() <= 1  # nothing painted yet: the plain mask
         assert (fed[-1].min() < 0) == edit_input
+
+
+def test_set_threshold_rethresholds_the_last_iteration_without_running_the_model(standin):
+    """Widget's threshold control (issue 14 item 10): with GrowFromMask the off-line bright
+    pixels and the dilated seed's dark neighbours sit at sigmoid(-2) = 0.119 after one step."""
+    img, seed = line_image()
+    ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu")
+    ref.step()
+    np.testing.assert_array_equal(ref.history[0].mask, expected_line(0))
+    calls = []
+    ref.model.register_forward_hook(lambda *a: calls.append(1))
+    low = np.zeros((H, W), bool)
+    low[3:6, 0:3] = True  # dilate(seed): dark pixels at 0.119
+    low |= img > 0  # every bright pixel: 0.119 or more
+    assert ref.set_threshold(0.1) is True and ref.threshold == 0.1 and not calls
+    np.testing.assert_array_equal(ref.history[0].mask, low)
+    np.testing.assert_array_equal(ref.current_mask, low)  # fed back next
+    assert ref.history[0].changed_fraction == pytest.approx(np.mean(low != seed))
+    assert ref.set_threshold(0.1) is False  # nothing changes twice
+    ref.step()
+    assert calls and ref.threshold == 0.1
+    # a correction painted since the last step stays the next feedback
+    painted = np.zeros((H, W), bool)
+    painted[0, 0] = True
+    ref.set_mask(painted)
+    assert ref.set_threshold(0.9) is False and ref.threshold == 0.9
+    np.testing.assert_array_equal(ref.current_mask, painted)
+    with pytest.raises(InputError, match="threshold"):
+        ref.set_threshold(1.0)

@@ -10,6 +10,7 @@ from .refine import FANetRefiner, IterationResult
 from .traits import ModelTraits, model_traits, to_probabilities
 from .tiling import TileProgress
 from .chunked import ZarrPrediction, iter_predict_to_zarr, predict_to_zarr
+from .instances import Instances, instance_labels
 
 __all__ = [
     "predict",
@@ -30,4 +31,6 @@ __all__ = [
     "predict_to_zarr",
     "iter_predict_to_zarr",
     "ZarrPrediction",
+    "Instances",
+    "instance_labels",
 ]

@@ -21,7 +21,7 @@ the edit, i.e. how far the model propagated it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -156,6 +156,11 @@ class FANetRefiner:
         return self._painted & self._edit
 
     @property
+    def pending_edit(self) -> bool:
+        """A correction was set (:meth:`set_mask`) since the last step: it is the next feedback."""
+        return self._edited
+
+    @property
     def current_mask(self) -> np.ndarray:
         """The feedback mask the next :meth:`step` will use."""
         return self._next_mask.copy()
@@ -209,11 +214,7 @@ class FANetRefiner:
                                     batch_size=self.batch_size, cancel=cancel, **self.tiling)[:, 0]
         check_finite_output(probs, self.traits.name)
         p = self.layout.spatial_from_stack(probs)
-        mask = binarize(p, self.threshold)
-        pinned = 0
-        if self.pin_edits and has_edit:
-            pinned = int(np.count_nonzero(mask[self._edit] != self._painted[self._edit]))
-            mask = np.where(self._edit, self._painted, mask)
+        mask, pinned = self._mask_of(p, has_edit)
         res = IterationResult(
             index=len(self.history),
             input_mask=fed,
@@ -231,6 +232,35 @@ class FANetRefiner:
         self._next_mask = mask
         self._edited = False
         return res
+
+    def _mask_of(self, p: np.ndarray, has_edit: bool) -> tuple[np.ndarray, int]:
+        """``p > threshold``, with the painted pixels kept when pinned; and how many the model disagreed with."""
+        mask = binarize(p, self.threshold)
+        pinned = 0
+        if self.pin_edits and has_edit:
+            pinned = int(np.count_nonzero(mask[self._edit] != self._painted[self._edit]))
+            mask = np.where(self._edit, self._painted, mask)
+        return mask, pinned
+
+    def set_threshold(self, threshold: float) -> bool:
+        """Use ``threshold`` from now on and re-threshold the last iteration's probabilities (the
+        model is not run again), so the shown mask and the next feedback follow the new value.
+
+        A correction painted since the last step is left alone (it is the next feedback); the
+        new threshold then applies from the next step. Returns whether the last mask changed."""
+        self.threshold = check_threshold(threshold)
+        if not self.history or self._edited:
+            return False
+        last = self.history[-1]
+        mask, pinned = self._mask_of(last.probabilities, last.edit is not None)
+        if np.array_equal(mask, last.mask):
+            return False
+        fed = last.input_mask
+        self.history[-1] = replace(
+            last, mask=mask, pinned=pinned, changed_fraction=float(np.mean(mask != fed)), metrics=self._metrics(mask),
+            changed_outside_edit=None if last.edit is None else int(np.count_nonzero((mask != fed) & ~last.edit)))
+        self._next_mask = mask
+        return True
 
     def iter_run(
         self, max_iters: int = 10, tol: float | None = 0.0, cancel: Callable[[], bool] | None = None

@@ -13,7 +13,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 from napari.utils.notifications import show_error
 
 from .inputs import InputError, gather_input, scope_of, scope_picker
-from .layers import ERROR_LEGEND, place_slice, upsert_layer, wrapped_label
+from .layers import ERROR_LEGEND, label_stack_axis, place_slice, upsert_layer, wrapped_label
 from .settings import plugin_defaults
 from .state import get_state
 from .workers import JobProgress, relay_steps, run_in_worker
@@ -108,6 +108,8 @@ class InspectWidget(Container):
         self.attention_button.changed.connect(self.show_attention)
         self.cancel_button.changed.connect(lambda *_: self._cancel.set())
         self.state.busy_changed.connect(self._busy_changed)
+        # the stage slider says which stage it shows (attention maps stack the stages on axis 0)
+        napari_viewer.dims.events.current_step.connect(lambda *_: label_stack_axis(self.viewer))
         self.last_error_map = None
         self.worker = None
         self.last_saliency = self.last_preview = None
@@ -277,6 +279,7 @@ class InspectWidget(Container):
                          colormap="viridis", blending="translucent", opacity=0.45,
                          scale=[1.0] + list(inp.scale[-n:]), translate=[0.0] + list(inp.translate[-n:]),
                          metadata={"stages": names})
+            label_stack_axis(self.viewer)
             self.status.value = f"{len(names)} attention map(s): " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
             self.last_attention = names
 

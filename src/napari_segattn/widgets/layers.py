@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["upsert_layer", "place_slice", "layer_kind", "wrapped_label", "label_colormap", "ERROR_LEGEND"]
+__all__ = ["upsert_layer", "place_slice", "layer_kind", "wrapped_label", "label_colormap", "ERROR_LEGEND",
+           "stack_axis_caption", "label_stack_axis"]
 
 ERROR_LEGEND = "TP yellow · FN blue · FP red"
 
@@ -50,7 +51,7 @@ def upsert_layer(viewer, kind: str, data: np.ndarray, name: str, **kwargs):
         layer = viewer.layers[name]
         if _owned(layer) and layer_kind(layer) == kind and layer.data.ndim == np.ndim(data):
             layer.data = data
-            for key in ("contrast_limits", "opacity", "blending", "scale", "translate", "metadata", "colormap", "gamma"):
+            for key in ("contrast_limits", "opacity", "blending", "scale", "translate", "metadata", "colormap", "gamma", "contour"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
             layer.refresh()
@@ -62,8 +63,34 @@ def upsert_layer(viewer, kind: str, data: np.ndarray, name: str, **kwargs):
             while f"{name} [{i}]" in viewer.layers:
                 i += 1
             name = f"{name} [{i}]"
-    add = getattr(viewer, f"add_{kind}")
-    return add(data, name=name, **kwargs)
+    contour = kwargs.pop("contour", None)  # a Labels property, not an add_labels argument
+    layer = getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+    if contour is not None:
+        layer.contour = contour
+    return layer
+
+
+def stack_axis_caption(index: int, *, iterations: bool = False, stages: list[str] | None = None) -> str:
+    """The dims-slider label of our leading stack axis: 'iteration' for the refinement stack, the
+    current stage's name for attention maps, both when the two stacks share the axis."""
+    parts = ["iteration"] if iterations else []
+    if stages:
+        n = len(stages)
+        parts.append(f"stage {index + 1}/{n}: {stages[index]}" if 0 <= index < n else f"stage (1-{n})")
+    return " | ".join(parts)
+
+
+def label_stack_axis(viewer) -> None:
+    """Name the viewer's leading axis after our stacks on it (the slider otherwise reads '-3')."""
+    ndim = viewer.dims.ndim
+    ours = [l for l in viewer.layers if _owned(l) and l.data.ndim == ndim]
+    iterations = any("iteration_axis" in l.metadata for l in ours)
+    stages = next((l.metadata["stages"] for l in ours if l.metadata.get("stages")), None)
+    if ndim < 3 or not (iterations or stages):
+        return
+    caption = stack_axis_caption(int(viewer.dims.current_step[0]), iterations=iterations, stages=stages)
+    if viewer.dims.axis_labels[0] != caption:
+        viewer.dims.axis_labels = (caption, *viewer.dims.axis_labels[1:])
 
 
 def place_slice(full_shape: tuple[int, ...], index: int | None, slice_data: np.ndarray, existing: np.ndarray | None = None) -> np.ndarray:

@@ -3,6 +3,7 @@ user's painted corrections fed back, every iteration kept on a scrub-able iterat
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import napari
@@ -11,7 +12,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, attach_ground_truth, gather_input, scope_of, scope_picker
-from .layers import label_colormap, layer_kind, place_slice, upsert_layer, wrapped_label
+from .layers import label_colormap, label_stack_axis, layer_kind, place_slice, upsert_layer, wrapped_label
 from .plot import LivePlot
 from .state import get_state
 from .workers import run_in_worker
@@ -31,6 +32,10 @@ FEEDBACK_COLORS = {1: (1.0, 0.55, 0.0, 1.0)}
 PAINTED_COLORS = {1: (0.0, 1.0, 1.0, 1.0), 2: (1.0, 0.0, 1.0, 1.0)}  # painted foreground / background
 # additive inferno with gamma 2: a background at p ~ 0.1 stays near black instead of washing the image purple
 PROBABILITY_DISPLAY = dict(colormap="inferno", blending="additive", opacity=0.5, contrast_limits=(0.0, 1.0), gamma=2.0)
+# the iterations as green outlines over the filled orange feedback you paint: both stay visible
+REFINEMENT_DISPLAY = dict(opacity=0.9, contour=2)
+FEEDBACK_DISPLAY = dict(opacity=0.4)
+INSTANCES_LAYER = "instances"
 
 
 def _refine_job(build, max_iters, tol, cancel):
@@ -54,6 +59,15 @@ class PredictRefineWidget(Container):
         # dask / zarr / multiscale layers: predicted window by window on this pyramid level
         self.level = SpinBox(label="level (multiscale)", value=0, min=0, max=16)
         self.predict_button = PushButton(text="Predict")
+        self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05,
+                                      tooltip="foreground where probability > threshold (0.5 as released); a change "
+                                              "re-thresholds the last map at once and is used by the next Predict/Step")
+        self.instances = CheckBox(label="instance labels", value=False,
+                                  tooltip="one id per connected object of the shown mask, on the 'instances' layer")
+        self.split_touching = CheckBox(label="split touching objects", value=False,
+                                       tooltip="watershed on the distance transform: touching round objects "
+                                               "(nuclei) get one id each")
+        self.objects = wrapped_label(value="")
         self.init = ComboBox(label="initial mask", choices=INIT_CHOICES, value="otsu")
         self.max_iters = SpinBox(label="max iterations", value=10, min=1, max=100)
         self.tol = FloatSpinBox(label="stop when changed <", value=0.0, min=0.0, max=1.0, step=0.001)
@@ -72,7 +86,8 @@ class PredictRefineWidget(Container):
                              tooltip="bfloat16 autocast: 2-4x faster on CPUs with AMX/AVX512-BF16 and on GPUs, "
                                      "slower on older CPUs; probabilities change by up to a few 1e-2")
         self.status = wrapped_label(value="")
-        self.extend([self.scope, self.batch_size, self.level, self.predict_button, self.init, self.max_iters, self.tol,
+        self.extend([self.scope, self.batch_size, self.level, self.threshold, self.predict_button, self.instances,
+                     self.split_touching, self.objects, self.init, self.max_iters, self.tol,
                      self.step_button, self.run_button, self.reset_button, self.cancel_button, self.show_probs,
                      self.keep_painted, self.bf16, self.status])
         self.plot = LivePlot("Dice per iteration", x_label="iteration", y_label="Dice", y_range=(0.0, 1.0))
@@ -81,7 +96,14 @@ class PredictRefineWidget(Container):
         self._context = None  # ModelInput of the current refinement
         self._session = None  # SESSION_PARTS -> value for the current refinement
         self._worker = None
+        self._pred_input = None  # ModelInput of last_prediction
+        self._shown = None  # "prediction" or "refinement": which mask was drawn last
+        self.last_prediction = None
+        self.last_instances = None
         self.predict_button.changed.connect(self.predict)
+        self.threshold.changed.connect(self._threshold_changed)
+        self.instances.changed.connect(self._instances_changed)
+        self.split_touching.changed.connect(self._instances_changed)
         self.step_button.changed.connect(lambda *_: self.refine(max_iters=1, tol=None))
         self.run_button.changed.connect(lambda *_: self.refine(max_iters=int(self.max_iters.value), tol=float(self.tol.value)))
         self.reset_button.changed.connect(self.reset)
@@ -160,6 +182,97 @@ class PredictRefineWidget(Container):
     def _busy_changed(self, busy: bool):
         for w in (self.predict_button, self.step_button, self.run_button, self.reset_button):
             w.enabled = not busy and (w is self.predict_button or bool(self.state.loaded and self.state.loaded.takes_mask))
+        # a running job owns the maps it is writing: re-threshold or relabel once it is done
+        for w in (self.threshold, self.instances, self.split_touching):
+            w.enabled = not busy
+
+    # -- threshold and instances ---------------------------------------------------------------
+    def _threshold_changed(self, *_):
+        """Re-threshold the last probability map without running the model; Predict/Step use it next."""
+        from ..inference import InputError as CoreInputError
+        from ..inference.checks import check_threshold
+
+        try:
+            t = check_threshold(self.threshold.value)
+        except CoreInputError as exc:
+            show_error(str(exc))
+            return
+        notes = [self._rethreshold_prediction(t)]
+        ref = self.state.refiner
+        if ref is not None:
+            pending = ref.pending_edit
+            if ref.set_threshold(t):
+                self._show_history()
+                notes.append(f"last iteration re-thresholded at {t:.2f} (fed back at the next Step)")
+            elif pending:
+                notes.append(f"threshold {t:.2f} applies from the next Step; your painted correction is fed back first")
+        if self._shown is not None:
+            self._update_instances()
+        notes = [n for n in notes if n]
+        self.status.value = "; ".join(notes) or f"threshold {t:.2f} is used by the next Predict / Step"
+
+    def _rethreshold_prediction(self, t: float) -> str:
+        """Redraw the last binary prediction at threshold ``t``; what was done, '' when nothing."""
+        pred, inp = self.last_prediction, self._pred_input
+        if pred is None or inp is None:
+            return ""
+        if not hasattr(pred, "binary"):  # a lazy (zarr) prediction: re-thresholded lazily, block by block
+            g = pred.open()
+            if g["probabilities"].shape[0] != 1:
+                return ""
+            import dask.array as da
+
+            labels = (da.from_zarr(g["probabilities"])[0] > t).astype(np.uint8)
+            upsert_layer(self.viewer, "labels", labels, "prediction", opacity=0.5, metadata={"zarr_store": str(pred.path)},
+                         **self._spatial_geometry(inp))
+            return f"prediction shown at threshold {t:.2f} (read block by block from {pred.path})"
+        if not pred.binary:
+            return "the threshold applies to one-logit (binary) models only"
+        self.last_prediction = dataclasses.replace(pred, labels=pred.foreground > t, threshold=t)
+        self._draw_prediction(inp, self.last_prediction)
+        return (f"prediction re-thresholded at {t:.2f} without running the model: "
+                f"{int(np.count_nonzero(self.last_prediction.labels)):,} px foreground")
+
+    def _shown_mask(self):
+        """(mask, layer geometry, slice input) of the mask drawn last, or None."""
+        ref, ctx = self.state.refiner, self._context
+        if self._shown == "refinement" and ref is not None and ctx is not None:
+            return ref.current_mask, self._spatial_geometry(ctx), None
+        pred, inp = self.last_prediction, self._pred_input
+        if self._shown == "prediction" and hasattr(pred, "binary") and inp is not None:
+            return np.asarray(pred.labels) > 0, {"scale": inp.scale, "translate": inp.translate}, inp
+        return None
+
+    def _instances_changed(self, *_):
+        if not self.instances.value:
+            if INSTANCES_LAYER in self.viewer.layers and self.viewer.layers[INSTANCES_LAYER].metadata.get("segattn"):
+                self.viewer.layers[INSTANCES_LAYER].visible = False
+            self.objects.value = ""
+            return
+        if self._update_instances() is None:
+            msg = ("instance labels need a mask in memory: Predict (a lazy zarr prediction is not labelled) or Step first"
+                   if self.last_prediction is not None else "instance labels: Predict or Step first")
+            show_info(msg)
+            self.objects.value = msg
+
+    def _update_instances(self):
+        """One id per connected object of the shown mask on the 'instances' layer; count in the status."""
+        from ..inference import instance_labels
+
+        if not self.instances.value:
+            return None
+        shown = self._shown_mask()
+        if shown is None:
+            return None
+        mask, geom, inp = shown
+        inst = instance_labels(mask, split=bool(self.split_touching.value))
+        labels = inst.labels if inp is None else place_slice(inp.layer_shape, inp.slice_index, inst.labels)
+        layer = upsert_layer(self.viewer, "labels", labels, INSTANCES_LAYER, opacity=0.6,
+                             metadata={"count": inst.count, "mean_area": inst.mean_area}, **geom)
+        layer.visible = True
+        self.last_instances = inst
+        self.objects.value = inst.summary()
+        return inst
 
     def _input(self, lazy: bool = False):
         """The chosen image(s), without ground truth: Predict never needs it."""
@@ -202,8 +315,8 @@ class PredictRefineWidget(Container):
         n = inp.image.shape[0] if inp.is_volume else 1
         return self._start(
             iter_predict, loaded.model, inp.image, **self._core_layout(inp), batch_size=int(self.batch_size.value),
-            device=self.state.device, amp=self._amp(), mask=mask, cancel=self._cancel.is_set,
-            on_return=lambda pred: self._show_prediction(inp, pred), desc="predict", total=0,
+            device=self.state.device, amp=self._amp(), mask=mask, threshold=float(self.threshold.value),
+            cancel=self._cancel.is_set, on_return=lambda pred: self._show_prediction(inp, pred), desc="predict", total=0,
         ) if n else None
 
     def _predict_lazy(self, inp):
@@ -224,8 +337,8 @@ class PredictRefineWidget(Container):
         return self._start(
             iter_predict_to_zarr, loaded.model, inp.image, out, **self._core_layout(inp),
             batch_size=int(self.batch_size.value), device=self.state.device, amp=self._amp(),
-            mask=self.init.value if loaded.takes_mask else None, cancel=self._cancel.is_set,
-            on_return=lambda res: self._show_lazy_prediction(inp, res), desc="predict")
+            mask=self.init.value if loaded.takes_mask else None, threshold=float(self.threshold.value),
+            cancel=self._cancel.is_set, on_return=lambda res: self._show_lazy_prediction(inp, res), desc="predict")
 
     def _show_lazy_prediction(self, inp, res):
         import dask.array as da
@@ -236,11 +349,13 @@ class PredictRefineWidget(Container):
         upsert_layer(self.viewer, "labels", da.from_zarr(g["labels"]), "prediction", opacity=0.5, metadata=meta,
                      **geom)
         if self.show_probs.value and g["probabilities"].shape[0] == 1:
-            upsert_layer(self.viewer, "image", da.from_zarr(g["probabilities"])[0], "probability", colormap="magma",
-                         blending="additive", opacity=0.6, contrast_limits=(0.0, 1.0), metadata=meta, **geom)
+            upsert_layer(self.viewer, "image", da.from_zarr(g["probabilities"])[0], "probability",
+                         **PROBABILITY_DISPLAY, metadata=meta, **geom)
         self.status.value = (f"predicted level {inp.level} in {res.seconds:.2f} s ({res.windows} windows); "
                              f"result in {res.path}")
-        self.last_prediction = res
+        self.last_prediction, self._pred_input, self._shown = res, inp, None
+        if self.instances.value:
+            self.objects.value = "instance labels need a mask in memory (not a lazy zarr prediction)"
         return res
 
     def _start(self, func, *args, on_return=None, desc="working", total=0, on_yield=None, **kwargs):
@@ -252,20 +367,25 @@ class PredictRefineWidget(Container):
                                      desc=desc, total=total, **kwargs)
         return self._worker
 
-    def _show_prediction(self, inp, pred):
+    def _draw_prediction(self, inp, pred):
         name = "prediction"
         labels = pred.labels.astype(np.uint8)
         existing = self.viewer.layers[name].data if name in self.viewer.layers else None
         full = place_slice(inp.layer_shape, inp.slice_index, labels, existing if inp.slice_index is not None else None)
+        upsert_layer(self.viewer, "labels", full, name, opacity=0.5, scale=inp.scale, translate=inp.translate)
+
+    def _show_prediction(self, inp, pred):
+        self._draw_prediction(inp, pred)
         geom = {"scale": inp.scale, "translate": inp.translate}
-        upsert_layer(self.viewer, "labels", full, name, opacity=0.5, **geom)
         if self.show_probs.value and not pred.binary:
             self.status.value = "probabilities are shown for binary models only"
         if self.show_probs.value and pred.binary:
             prob = place_slice(inp.layer_shape, inp.slice_index, pred.foreground.astype(np.float32))
             upsert_layer(self.viewer, "image", prob, "probability", **PROBABILITY_DISPLAY, **geom)
-        self.status.value = f"predicted in {pred.seconds:.2f} s on {pred.device} ({pred.info.get('precision', 'float32')})"
-        self.last_prediction = pred
+        self.status.value = (f"predicted in {pred.seconds:.2f} s on {pred.device} "
+                             f"({pred.info.get('precision', 'float32')}, threshold {pred.threshold or 0.5:.2f})")
+        self.last_prediction, self._pred_input, self._shown = pred, inp, "prediction"
+        self._update_instances()
         return pred
 
     # -- refine ----------------------------------------------------------------------------
@@ -310,7 +430,8 @@ class PredictRefineWidget(Container):
         loaded = self.state.loaded
         build = dict(model=loaded.model, image=inp.image, init=self._initial_mask(inp), ground_truth=inp.ground_truth,
                      device=self.state.device, batch_size=int(self.batch_size.value), amp=self._amp(),
-                     pin_edits=bool(self.keep_painted.value), **self._core_layout(inp))
+                     pin_edits=bool(self.keep_painted.value), threshold=float(self.threshold.value),
+                     **self._core_layout(inp))
         return build, inp, session
 
     def _adopt_refiner(self, refiner, inp, session):
@@ -400,22 +521,22 @@ class PredictRefineWidget(Container):
         masks = [refiner.initial_mask] + [r.mask for r in refiner.history]
         stack = np.stack(masks).astype(np.uint8)
         geom = self._spatial_geometry(inp, leading=1)
-        upsert_layer(self.viewer, "labels", stack, REFINEMENT_LAYER, opacity=0.45,
+        upsert_layer(self.viewer, "labels", stack, REFINEMENT_LAYER, **REFINEMENT_DISPLAY,
                      colormap=label_colormap(REFINEMENT_COLORS), metadata={"iteration_axis": 0}, **geom)
         if self.show_probs.value and refiner.history:
             probs = np.stack([np.zeros_like(refiner.history[0].probabilities)] + [r.probabilities for r in refiner.history])
             upsert_layer(self.viewer, "image", probs, "refinement probability", **PROBABILITY_DISPLAY, **geom)
         # name the new leading axis and jump the dims slider to the newest iteration
         if self.viewer.dims.ndim == stack.ndim:
-            labels = list(self.viewer.dims.axis_labels)
-            labels[0] = "iteration"
-            self.viewer.dims.axis_labels = labels
             step = list(self.viewer.dims.current_step)
             step[0] = len(masks) - 1
             self.viewer.dims.current_step = tuple(step)
+            label_stack_axis(self.viewer)
         upsert_layer(self.viewer, "labels", refiner.current_mask.astype(np.uint8), self._feedback_layer_name(),
-                     opacity=0.5, colormap=label_colormap(FEEDBACK_COLORS), **self._spatial_geometry(inp))
+                     **FEEDBACK_DISPLAY, colormap=label_colormap(FEEDBACK_COLORS), **self._spatial_geometry(inp))
         self._show_painted()
+        self._shown = "refinement"
+        self._update_instances()
         init = (refiner.initial_metrics or {}).get("dice")
         dice = [r.metrics.get("dice") for r in refiner.history if r.metrics]
         if dice:
