@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
-from napari.qt.threading import create_worker
+from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
 __all__ = ["run_in_worker", "explain_exception"]
@@ -77,9 +77,10 @@ def run_in_worker(
     # Passing our handler in _connect tells superqt not to re-raise in the GUI thread.
     worker = create_worker(_guard(gen_func), *args, _progress={"total": total, "desc": desc}, _start_thread=False,
                            _connect={"errored": _errored}, **kwargs)
-    worker.yielded.connect(lambda ev: _sync_progress(worker, ev, desc))
-    if on_yield is not None:
-        worker.yielded.connect(on_yield)
+    if isinstance(worker, GeneratorWorker):  # plain functions (build, load) yield nothing
+        worker.yielded.connect(lambda ev: _sync_progress(worker, ev, desc))
+        if on_yield is not None:
+            worker.yielded.connect(on_yield)
     if on_return is not None:
         worker.returned.connect(on_return)
     if on_finish is not None:
