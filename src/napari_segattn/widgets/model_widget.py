@@ -10,6 +10,7 @@ import napari
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, Select, SpinBox, TextEdit
 from napari.utils.notifications import show_error, show_info
 
+from .docking import dock_as_tab
 from .layers import layer_kind, wrapped_label
 from .settings import plugin_defaults, recent_models, recent_runs, remember_model
 from .state import LoadedModel, get_state
@@ -155,6 +156,7 @@ class ModelWidget(Container):
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
+        dock_as_tab(self)  # Plugins > SegAttn: scroll, and tab with the other SegAttn widgets
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self.image_select = Select(label="image layer(s)", choices=[], allow_multiple=True)

@@ -11,6 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, attach_ground_truth, gather_input, scope_of, scope_picker
+from .docking import dock_as_tab
 from .layers import label_colormap, layer_kind, place_slice, upsert_layer, wrapped_label
 from .plot import LivePlot
 from .state import get_state
@@ -47,6 +48,7 @@ def _refine_job(build, max_iters, tol, cancel):
 class PredictRefineWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
+        dock_as_tab(self)  # Plugins > SegAttn: scroll, and tab with the other SegAttn widgets
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self.scope = scope_picker()
