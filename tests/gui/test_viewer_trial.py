@@ -93,7 +93,21 @@ def test_train_then_cancel_keeps_the_users_settings(setup, qtbot, tmp_path):
     tw.cancel_button.clicked.emit()
     _wait_idle(qtbot, state, timeout=60_000)
     assert tw.batch_size.value == 3 and tw.epochs.value == 500 and tw.tile.value == 16
-    assert "here the epochs field counts" in tw.recipe.value
+    assert "will run 500 epoch(s)" in tw.recipe.value
+
+
+def test_recipe_line_says_what_train_will_run(setup, qtbot):
+    """Item 9: the recipe line said "500 epochs" while the epochs field said 20."""
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fanet", in_channels=1)
+    tw = widgets["TrainWidget"]
+    assert tw.recipe.value.startswith(f"will run {tw.epochs.value} epoch(s)")
+    assert "the paper trains 500 epochs" in tw.recipe.value
+    tw.epochs.value = 7
+    tw.lr.value = 0.003
+    tw.loss.value = "dice"
+    assert "will run 7 epoch(s)" in tw.recipe.value and "lr 0.003" in tw.recipe.value
+    assert "loss dice" in tw.recipe.value
 
 
 def test_compare_with_an_empty_checkpoint_field_names_the_field(setup, qtbot, tmp_path):
