@@ -206,3 +206,32 @@ def test_dice_plot_starts_at_the_initial_mask_with_named_axes(setup, qtbot):
     ref_c = viewer.layers["refinement (0 = initial mask)"].colormap.map(np.array([1]))[0]
     fb_c = viewer.layers["feedback mask (paint, then Step)"].colormap.map(np.array([1]))[0]
     assert not np.allclose(ref_c, fb_c)
+
+
+def test_whole_volume_predict_shows_count_and_eta(make_napari_viewer, qtbot):
+    """Item 6b: whole-volume predict showed only a spinner; the status line counts slices."""
+    import re
+
+    from napari_segattn.widgets import ModelWidget, PredictRefineWidget
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.normal(size=(24, 48, 48)).astype(np.float32), name="vol")
+    mw, rw = ModelWidget(viewer), PredictRefineWidget(viewer)
+    mw.arch.value = "unet"
+    mw.build()
+    rw.scope.value = "whole volume"
+    rw.batch_size.value = 4
+    seen = []  # what the status line showed, sampled as the event loop runs (a Label has no changed signal)
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer()
+    timer.timeout.connect(lambda: seen.append(rw.status.value))
+    timer.start(1)
+    rw.predict_button.clicked.emit()
+    _wait_idle(qtbot, get_state(viewer))
+    timer.stop()
+    counts = [s for s in seen if re.search(r"\d+/24 slices", s)]
+    assert counts, (seen, rw.status.value, get_state(viewer).image_layer_names)
+    assert any("ETA" in s for s in counts) and viewer.layers["prediction"].data.shape == (24, 48, 48)

@@ -15,7 +15,7 @@ from .docking import dock_as_tab
 from .layers import label_colormap, layer_kind, place_slice, upsert_layer, wrapped_label
 from .plot import LivePlot
 from .state import get_state
-from .workers import run_in_worker
+from .workers import ProgressLine, run_in_worker
 
 __all__ = ["PredictRefineWidget"]
 
@@ -206,7 +206,18 @@ class PredictRefineWidget(Container):
             iter_predict, loaded.model, inp.image, **self._core_layout(inp), batch_size=int(self.batch_size.value),
             device=self.state.device, amp=self._amp(), mask=mask, cancel=self._cancel.is_set,
             on_return=lambda pred: self._show_prediction(inp, pred), desc="predict", total=0,
+            on_yield=self._progress_shower("predicting"),
         ) if n else None
+
+    def _progress_shower(self, what: str):
+        """A yield handler writing count, elapsed time and ETA to the status line."""
+        line = ProgressLine(what)
+
+        def show(ev):
+            text = line(ev)
+            if text:
+                self.status.value = text
+        return show
 
     def _predict_lazy(self, inp):
         """A dask / zarr / multiscale layer: windows read one by one, the result written block by
@@ -227,7 +238,8 @@ class PredictRefineWidget(Container):
             iter_predict_to_zarr, loaded.model, inp.image, out, **self._core_layout(inp),
             batch_size=int(self.batch_size.value), device=self.state.device, amp=self._amp(),
             mask=self.init.value if loaded.takes_mask else None, cancel=self._cancel.is_set,
-            on_return=lambda res: self._show_lazy_prediction(inp, res), desc="predict")
+            on_return=lambda res: self._show_lazy_prediction(inp, res), desc="predict",
+            on_yield=self._progress_shower("predicting window by window"))
 
     def _show_lazy_prediction(self, inp, res):
         import dask.array as da

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
-__all__ = ["run_in_worker", "explain_exception"]
+__all__ = ["run_in_worker", "explain_exception", "ProgressLine"]
 
 
 def explain_exception(exc: BaseException) -> str:
@@ -105,3 +105,25 @@ def _sync_progress(worker, ev, desc: str) -> None:
 
 def notify(msg: str) -> None:
     show_info(msg)
+
+
+class ProgressLine:
+    """"predict: 12/94 slices, 3 s, ETA 21 s" from done/total events, for a widget's status
+    line (napari's activity bar shows a count only when opened, and no ETA)."""
+
+    UNITS = {"windows": "windows"}
+
+    def __init__(self, what: str) -> None:
+        import time
+
+        self.what, self._clock = what, time.perf_counter
+        self.t0 = self._clock()
+
+    def __call__(self, ev) -> str | None:
+        done, total = getattr(ev, "done", None), getattr(ev, "total", None)
+        if not isinstance(done, int) or not isinstance(total, int) or total <= 0:
+            return None
+        elapsed = self._clock() - self.t0
+        unit = self.UNITS.get(getattr(ev, "stage", ""), "slices")
+        eta = f", ETA {elapsed / done * (total - done):.0f} s" if 0 < done < total else ""
+        return f"{self.what}: {done}/{total} {unit}, {elapsed:.0f} s{eta}"
