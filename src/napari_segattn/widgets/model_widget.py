@@ -212,7 +212,12 @@ class ModelWidget(Container):
         return [("auto", "auto"), *extra, ("cpu", "cpu")]
 
     def _discovered(self, found):
-        tips, devices = found
+        try:
+            self._fill_registry(*found)
+        except RuntimeError:  # the widget was closed before the worker returned
+            pass
+
+    def _fill_registry(self, tips, devices):
         self._tips = tips
         keep = self.arch.value
         self.arch.choices = sorted(tips)
