@@ -38,3 +38,9 @@ def _seed():
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _recent_models_file(tmp_path, monkeypatch):
+    """The Model widget's recent-models list lives in a per-test file, not the user's settings."""
+    monkeypatch.setenv("SEGATTN_RECENT_FILE", str(tmp_path / "segattn-recent.json"))

@@ -13,7 +13,11 @@ def viewer_with_sample(make_napari_viewer):
     return viewer
 
 
-def test_build_uses_layer_channels_and_sets_shared_state(viewer_with_sample):
+def _wait_idle(qtbot, w, timeout=60_000):
+    qtbot.waitUntil(lambda: not w.state.busy, timeout=timeout)
+
+
+def test_build_uses_layer_channels_and_sets_shared_state(viewer_with_sample, qtbot):
     from napari_segattn.widgets import ModelWidget
     from napari_segattn.widgets.state import get_state
 
@@ -23,6 +27,7 @@ def test_build_uses_layer_channels_and_sets_shared_state(viewer_with_sample):
     w.arch.value = "fanet"
     w.arch_options.value = '{"in_channels": 1}'
     w.build_button.clicked.emit()
+    _wait_idle(qtbot, w)
     state = get_state(viewer_with_sample)
     assert state.loaded is not None and state.loaded.name == "fanet" and state.loaded.takes_mask
     assert state.loaded.model.in_channels == 1
@@ -30,16 +35,18 @@ def test_build_uses_layer_channels_and_sets_shared_state(viewer_with_sample):
     assert state.image_layer_names == ["dsb2018_nuclei"] and state.gt_layer_name == "dsb2018_nuclei_gt"
 
 
-def test_bad_options_and_bad_checkpoint_keep_previous_model(viewer_with_sample, tmp_path):
+def test_bad_options_and_bad_checkpoint_keep_previous_model(viewer_with_sample, tmp_path, qtbot):
     from napari_segattn.widgets import ModelWidget
     from napari_segattn.widgets.state import get_state
 
     w = ModelWidget(viewer_with_sample)
     w.arch.value = "unet"
     w.build_button.clicked.emit()
+    _wait_idle(qtbot, w)
     before = get_state(viewer_with_sample).loaded
     w.arch_options.value = '{"no_such_option": 3}'
     w.build_button.clicked.emit()
+    _wait_idle(qtbot, w)
     assert get_state(viewer_with_sample).loaded is before
     assert "error" in w.status.value
     bad = tmp_path / "broken.safetensors"
@@ -96,3 +103,66 @@ def test_plugin_settings_set_widget_defaults(make_napari_viewer):
         assert InspectWidget(make_napari_viewer()).n_steps.value == 12
     finally:
         settings.ig_steps = old
+
+
+def _choose_known(w, label_start):
+    """Pick the dropdown entry whose label starts with ``label_start``, as a user would."""
+    [value] = [v for lbl, v in w.known.choices_with_labels() if lbl.startswith(label_start)] \
+        if hasattr(w.known, "choices_with_labels") else \
+        [w.known.native.itemData(i) for i in range(w.known.native.count())
+         if w.known.native.itemText(i).startswith(label_start)]
+    w.known.value = value
+    return value
+
+
+def test_demo_model_from_the_dropdown_then_another_checkpoint_the_boxes_follow(viewer_with_sample, qtbot, tmp_path):
+    """Issue 14 item 9: the architecture box stayed on unet after a load; the demo model was
+    found only by typing a path inside the package; nothing said what was loaded."""
+    from napari_segattn.models import build_model, save_model
+    from napari_segattn.widgets import ModelWidget
+    from napari_segattn.widgets.model_widget import OTHER_FILE
+
+    w = ModelWidget(viewer_with_sample)
+    assert w.arch.value == "unet"
+    _choose_known(w, "demo")
+    w.load_button.clicked.emit()
+    _wait_idle(qtbot, w)
+    assert w.state.loaded.name == "fanet"
+    assert w.arch.value == "fanet" and '"width": 8' in w.arch_options.value
+    assert "fanet" in w.loaded_line.value and "parameters" in w.loaded_line.value
+    assert "shipped demo" in w.loaded_line.value
+    # another model, browsed to as a file: the boxes follow it, and it joins the list
+    path = save_model(build_model("unet", in_channels=1, out_channels=3), tmp_path / "three.safetensors")
+    w.ckpt.value = str(path)
+    assert w.known.native.currentText() == OTHER_FILE
+    w.load_button.clicked.emit()
+    _wait_idle(qtbot, w)
+    assert w.arch.value == "unet" and w.out_channels.value == 3
+    assert "unet" in w.loaded_line.value and str(path) in w.loaded_line.value
+    labels = [w.known.native.itemText(i) for i in range(w.known.native.count())]
+    assert any(l.startswith("recent:") and "three.safetensors" in l for l in labels)
+    # a new viewer's Model widget offers it too (remembered in the plugin's settings)
+    from napari_segattn.widgets.settings import recent_models
+
+    assert recent_models()[0] == str(path.resolve())
+
+
+def test_changing_architecture_after_a_load_drops_the_loaded_models_options(viewer_with_sample, qtbot):
+    from napari_segattn.widgets import ModelWidget
+
+    w = ModelWidget(viewer_with_sample)
+    _choose_known(w, "demo")
+    w.load_button.clicked.emit()
+    _wait_idle(qtbot, w)
+    w.arch.value = "unet"
+    assert w.arch_options.value == "{}"
+    w.build_button.clicked.emit()
+    _wait_idle(qtbot, w)
+    assert w.state.loaded.name == "unet" and "error" not in w.status.value
+
+
+def test_model_names_without_torch_match_the_registry():
+    from napari_segattn.models import list_models
+    from napari_segattn.widgets.model_widget import MODEL_NAMES
+
+    assert MODEL_NAMES == list_models()

@@ -93,7 +93,21 @@ def test_train_then_cancel_keeps_the_users_settings(setup, qtbot, tmp_path):
     tw.cancel_button.clicked.emit()
     _wait_idle(qtbot, state, timeout=60_000)
     assert tw.batch_size.value == 3 and tw.epochs.value == 500 and tw.tile.value == 16
-    assert "here the epochs field counts" in tw.recipe.value
+    assert "will run 500 epoch(s)" in tw.recipe.value
+
+
+def test_recipe_line_says_what_train_will_run(setup, qtbot):
+    """Item 9: the recipe line said "500 epochs" while the epochs field said 20."""
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fanet", in_channels=1)
+    tw = widgets["TrainWidget"]
+    assert tw.recipe.value.startswith(f"will run {tw.epochs.value} epoch(s)")
+    assert "the paper trains 500 epochs" in tw.recipe.value
+    tw.epochs.value = 7
+    tw.lr.value = 0.003
+    tw.loss.value = "dice"
+    assert "will run 7 epoch(s)" in tw.recipe.value and "lr 0.003" in tw.recipe.value
+    assert "loss dice" in tw.recipe.value
 
 
 def test_compare_with_an_empty_checkpoint_field_names_the_field(setup, qtbot, tmp_path):
@@ -310,3 +324,31 @@ def test_compare_is_readable(setup, qtbot, tmp_path):
     text = cw.summary.value
     assert text.startswith("b (gated) puts") and f"{abs(d) * 100:.0f} percentage points" in text
     assert ("more" if d >= 0 else "less") in text and f"moved {res.shift_px[0]:.1f} px" in text
+
+def test_whole_volume_predict_shows_count_and_eta(make_napari_viewer, qtbot):
+    """Item 6b: whole-volume predict showed only a spinner; the status line counts slices."""
+    import re
+
+    from napari_segattn.widgets import ModelWidget, PredictRefineWidget
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.normal(size=(24, 48, 48)).astype(np.float32), name="vol")
+    mw, rw = ModelWidget(viewer), PredictRefineWidget(viewer)
+    mw.arch.value = "unet"
+    mw.build()
+    rw.scope.value = "whole volume"
+    rw.batch_size.value = 4
+    seen = []  # what the status line showed, sampled as the event loop runs (a Label has no changed signal)
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer()
+    timer.timeout.connect(lambda: seen.append(rw.status.value))
+    timer.start(1)
+    rw.predict_button.clicked.emit()
+    _wait_idle(qtbot, get_state(viewer))
+    timer.stop()
+    counts = [s for s in seen if re.search(r"\d+/24 slices", s)]
+    assert counts, (seen, rw.status.value, get_state(viewer).image_layer_names)
+    assert any("ETA" in s for s in counts) and viewer.layers["prediction"].data.shape == (24, 48, 48)

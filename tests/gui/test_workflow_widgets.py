@@ -73,6 +73,17 @@ def _build(widgets, arch, **opts):
     w.arch.value = arch
     w.arch_options.value = json.dumps(opts)
     w.build_button.clicked.emit()
+    _wait_for_worker(w.state)  # the button builds in a worker
+
+
+def _wait_for_worker(state, timeout_s=120.0):
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + timeout_s
+    while state.busy and time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.005)
+    assert not state.busy, "the worker did not finish"
 
 
 def test_predict_fills_a_labels_layer(setup, qtbot):

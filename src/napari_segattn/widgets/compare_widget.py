@@ -11,6 +11,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox,
 from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, gather_input
+from .docking import dock_as_tab
 from .layers import upsert_layer, wrapped_label
 from .state import get_state
 from .workers import JobProgress, relay_steps, run_in_worker
@@ -32,6 +33,7 @@ def shift_colormap():
 class CompareWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
+        dock_as_tab(self)  # Plugins > SegAttn: scroll, and tab with the other SegAttn widgets
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self.mode = ComboBox(label="compare", choices=["two checkpoints", "FANet iteration a vs b"], value="two checkpoints")

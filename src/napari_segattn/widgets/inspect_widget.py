@@ -13,6 +13,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 from napari.utils.notifications import show_error
 
 from .inputs import InputError, gather_input, scope_of, scope_picker
+from .docking import dock_as_tab
 from .layers import ERROR_LEGEND, label_stack_axis, place_slice, upsert_layer, wrapped_label
 from .settings import plugin_defaults
 from .state import get_state
@@ -78,6 +79,7 @@ def _saliency_job(fn, inp, cancel, mode: str):
 class InspectWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
+        dock_as_tab(self)  # Plugins > SegAttn: scroll, and tab with the other SegAttn widgets
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self.scope = scope_picker()

@@ -1,4 +1,6 @@
-"""Model widget: choose input layers, build a registry model or load a checkpoint, pick a device."""
+"""Model widget: choose input layers, build a registry model or load a checkpoint (the demo,
+a recent run or a file), pick a device. Nothing here imports torch while the widget is built:
+the registry and the devices are discovered in a worker, models are built and loaded in one."""
 
 from __future__ import annotations
 
@@ -8,9 +10,11 @@ import napari
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, Select, SpinBox, TextEdit
 from napari.utils.notifications import show_error, show_info
 
+from .docking import dock_as_tab
 from .layers import layer_kind, wrapped_label
-from .settings import plugin_defaults
+from .settings import plugin_defaults, recent_models, recent_runs, remember_model
 from .state import LoadedModel, get_state
+from .workers import run_in_worker
 
 __all__ = ["ModelWidget", "LayerChoices"]
 
@@ -52,51 +56,178 @@ class LayerChoices:
         return self.viewer.layers[self.labels.value]
 
 
+#: the registry's names without importing torch (a test checks them against ``list_models()``);
+#: the box is refilled from the registry itself once the background discovery has run
+MODEL_NAMES = ["aunet", "brunet", "cbamunet", "cscunet", "d6unet", "d9unet", "fanet", "fbunet", "fpa", "gcnunet",
+               "rfna", "unet", "wunet"]
+DEMO_LABEL = "demo: FANet, DSB 2018 nuclei (shipped)"
+OTHER_FILE = "(the checkpoint file below)"
+
+
+def _discover():
+    """Worker: the torch import (~2 s, more on a loaded machine) and device probing."""
+    from ..devices import available_devices
+    from ..models import get_spec, list_models
+
+    tips = {n: f"{get_spec(n).summary}\n{get_spec(n).paper}" for n in list_models()}
+    return tips, available_devices()
+
+
+def _resolve_model_file(path: str) -> str:
+    """A file as is; a run folder: its best model, else the last epoch's."""
+    from pathlib import Path
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    for p in (folder / "model.safetensors", folder / "last" / "model.safetensors"):
+        if p.is_file():
+            return str(p)
+    raise FileNotFoundError(f"{folder} holds no model.safetensors (nor last/model.safetensors)")
+
+
+def read_checkpoint(path: str) -> LoadedModel:
+    """Load a checkpoint file or run folder into a LoadedModel (raises with the reason in words)."""
+    from ..models import get_spec, load_model
+
+    path = _resolve_model_file(path)
+    model = load_model(path)
+    name = model.segattn_config["name"]
+    spec = get_spec(name)
+    return LoadedModel(model=model.eval(), name=name, config=model.segattn_config["config"], source=path,
+                       normalization=model.segattn_normalization, class_names=model.segattn_class_names,
+                       takes_mask=spec.takes_mask, reverse_labels=spec.reverse_labels,
+                       info=getattr(model, "segattn_checkpoint", {}))
+
+
+def build_loaded(name: str, opts: dict) -> LoadedModel:
+    """A freshly initialised registry model (raises on unknown options)."""
+    from ..models import build_model, get_spec
+
+    model = build_model(name, **opts)
+    spec = get_spec(name)
+    return LoadedModel(model=model, name=spec.name, config=model.segattn_config["config"], source="built",
+                       takes_mask=spec.takes_mask, reverse_labels=spec.reverse_labels)
+
+
+def known_models() -> list[tuple[str, str]]:
+    """(label, path) for the dropdown: the shipped demo, recent models, recent run folders."""
+    from pathlib import Path
+
+    from .demo import demo_checkpoint_path
+
+    out, seen = [], set()
+    demo = demo_checkpoint_path()
+    if demo is not None:
+        out.append((DEMO_LABEL, str(demo)))
+        seen.add(str(Path(str(demo)).resolve()))
+    for p in [*recent_models(), *map(str, recent_runs())]:
+        key = str(Path(p).resolve())
+        if key not in seen:
+            seen.add(key)
+            out.append((f"recent: {_short(p)}", p))
+    return out + [(OTHER_FILE, "")]
+
+
+def _short(path: str) -> str:
+    """``run-3/model.safetensors`` rather than the whole path (the tooltip has it)."""
+    from pathlib import Path
+
+    parts = Path(path).parts
+    return str(Path(*parts[-3:])) if len(parts) > 3 else path
+
+
+def _options_text(config: dict) -> str:
+    """The options box's JSON: the config without the channel counts (those have their own fields)."""
+    return json.dumps({k: v for k, v in config.items() if k not in ("in_channels", "out_channels")})
+
+
+def _describe_source(source: str) -> str:
+    from .demo import demo_checkpoint_path
+
+    demo = demo_checkpoint_path()
+    if demo is not None and source == str(demo):
+        return "the shipped demo model"
+    return "built here, untrained" if source == "built" else source
+
+
 class ModelWidget(Container):
     """Inputs + architecture (or checkpoint) + device; the chosen model goes to the shared state."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        from ..devices import available_devices
-        from ..models import list_models
-
         super().__init__(labels=True)
+        dock_as_tab(self)  # Plugins > SegAttn: scroll, and tab with the other SegAttn widgets
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self.image_select = Select(label="image layer(s)", choices=[], allow_multiple=True)
         self.gt_combo = ComboBox(label="ground truth", choices=["(none)"])
         self.layers = LayerChoices(napari_viewer, self.image_select, self.gt_combo)
-        self.arch = ComboBox(label="architecture", choices=list_models(), value="unet")
+        self.arch = ComboBox(label="architecture", choices=MODEL_NAMES, value="unet")
         self.out_channels = SpinBox(label="classes (1 = binary)", value=1, min=1, max=64)
         self.arch_options = LineEdit(label="options (JSON)", value="{}")
         self.build_button = PushButton(text="Build untrained model")
+        self.known = ComboBox(label="model", choices=known_models(),
+                              tooltip="the shipped demo model and the models you trained or loaded lately")
         self.ckpt = FileEdit(label="checkpoint", filter="*.safetensors", mode="r")
-        self.load_button = PushButton(text="Load checkpoint")
+        self.load_button = PushButton(text="Load")
         # after a crash or a closed viewer: the Train widget's run folder keeps the last epoch
         self.last_run_button = PushButton(text="Load last training run")
-        devices = [(lbl, name) for lbl, name in available_devices()]
         preferred = plugin_defaults().device
-        self.device = ComboBox(label="device", choices=devices,
-                               value=preferred if preferred in [n for _, n in devices] else "auto")
-        self.info = TextEdit(label="model", value="no model yet")
+        self.device = ComboBox(label="device", choices=self._initial_devices(preferred), value=preferred)
+        self.info = TextEdit(label="details", value="no model yet")
         self.info.native.setReadOnly(True)
+        self.loaded_line = wrapped_label(label="loaded", value="no model yet")
         self.status = wrapped_label(value="")
         self.extend([
-            self.image_select, self.gt_combo, self.arch, self.out_channels, self.arch_options, self.build_button,
-            self.ckpt, self.load_button, self.last_run_button, self.device, self.info, self.status,
+            self.image_select, self.gt_combo, self.known, self.ckpt, self.load_button, self.last_run_button,
+            self.arch, self.out_channels, self.arch_options, self.build_button, self.device, self.loaded_line,
+            self.info, self.status,
         ])
+        self._tips: dict[str, str] = {}
+        self._options_for: str | None = None  # the model whose options the options box shows
+        self._connect()
+        self._publish_inputs()
+        self._known_changed(self.known.value)
+        if self.state.loaded is not None:
+            self._show_model(self.state.loaded)
+        self._discovery = run_in_worker(_discover, desc="finding models and devices", on_return=self._discovered)
+
+    def _connect(self):
         self.arch.changed.connect(self._show_defaults)
-        self.build_button.changed.connect(self.build)
-        self.load_button.changed.connect(self.load)
-        self.last_run_button.changed.connect(self.load_last_run)
+        self.known.changed.connect(self._known_changed)
+        self.ckpt.changed.connect(self._file_chosen)
+        self.build_button.changed.connect(self._build_clicked)
+        self.load_button.changed.connect(self._load_clicked)
+        self.last_run_button.changed.connect(self._last_run_clicked)
         self.device.changed.connect(lambda v: self.state.set_device(v))
         self.state.set_device(self.device.value)
         self.state.model_changed.connect(self._show_model)
         self.image_select.changed.connect(self._publish_inputs)
         self.gt_combo.changed.connect(self._publish_inputs)
-        self._publish_inputs()
+
+    @staticmethod
+    def _initial_devices(preferred: str):
+        """auto and cpu (and the preferred device) until the worker has probed the GPUs."""
+        extra = [(preferred, preferred)] if preferred not in ("auto", "cpu") else []
+        return [("auto", "auto"), *extra, ("cpu", "cpu")]
+
+    def _discovered(self, found):
+        try:
+            self._fill_registry(*found)
+        except RuntimeError:  # the widget was closed before the worker returned
+            pass
+
+    def _fill_registry(self, tips, devices):
+        self._tips = tips
+        keep = self.arch.value
+        self.arch.choices = sorted(tips)
+        self.arch.value = keep if keep in tips else "unet"
+        preferred, keep_dev = plugin_defaults().device, self.device.value
+        self.device.choices = devices
+        names = [n for _, n in devices]
+        self.device.value = keep_dev if keep_dev in names and keep_dev != "auto" else (
+            preferred if preferred in names else "auto")
         self._show_defaults(self.arch.value)
-        if self.state.loaded is not None:
-            self._show_model(self.state.loaded)
 
     def _publish_inputs(self, *_):
         gt = self.layers.gt_layer()
@@ -116,58 +247,38 @@ class ModelWidget(Container):
         layers = self.layers.image_layers()
         return sum(_channels_first(l).shape[-3] for l in layers) if layers else 1
 
-    def build(self, *_):
-        from ..models import build_model, get_spec
+    def _build_options(self) -> dict:
+        """The options box + channel fields, read on the GUI thread."""
+        opts = json.loads(self.arch_options.value or "{}")
+        if not isinstance(opts, dict):
+            raise ValueError("options must be a JSON object, e.g. {\"dilation\": 6}")
+        opts.setdefault("in_channels", self.input_channels())
+        opts.setdefault("out_channels", int(self.out_channels.value))
+        return opts
 
+    def build(self, *_):
+        """Build here and now (scripts, the demo); the button builds in a worker."""
+        name = self.arch.value
         try:
-            opts = json.loads(self.arch_options.value or "{}")
-            if not isinstance(opts, dict):
-                raise ValueError("options must be a JSON object, e.g. {\"dilation\": 6}")
-            opts.setdefault("in_channels", self.input_channels())
-            opts.setdefault("out_channels", int(self.out_channels.value))
-            model = build_model(self.arch.value, **opts)
+            loaded = build_loaded(name, self._build_options())
         except Exception as exc:  # shown to the user, nothing changes
-            show_error(f"cannot build {self.arch.value}: {exc}")
-            self.status.value = f"error: {exc}"
-            return None
-        spec = get_spec(self.arch.value)
-        loaded = LoadedModel(model=model, name=spec.name, config=model.segattn_config["config"], source="built",
-                             takes_mask=spec.takes_mask, reverse_labels=spec.reverse_labels)
-        self.state.set_model(loaded)
-        show_info(f"built {spec.name} ({self.input_channels()} channel(s) in)")
-        return loaded
+            return self._failed(f"cannot build {name}", exc)
+        return self._adopt(loaded)
 
     def load(self, *_, path=None):
-        from ..models import CheckpointError, get_spec, load_model
-
-        path = str(path or self.ckpt.value)
-        from pathlib import Path
-
-        folder = Path(path)
-        if folder.is_dir():  # a run folder: its best model, else the last epoch's
-            found = [p for p in (folder / "model.safetensors", folder / "last" / "model.safetensors") if p.is_file()]
-            if not found:
-                show_error(f"{folder} holds no model.safetensors (nor last/model.safetensors)")
-                self.status.value = f"error: no model in {folder}"
-                return None
-            path = str(found[0])
+        """Load here and now (scripts, the demo); the button loads in a worker."""
         try:
-            model = load_model(path)
-        except (CheckpointError, OSError) as exc:
-            show_error(str(exc))
-            self.status.value = f"error: {exc}"
-            return None
-        name = model.segattn_config["name"]
-        spec = get_spec(name)
-        loaded = LoadedModel(model=model.eval(), name=name, config=model.segattn_config["config"], source=path,
-                             normalization=model.segattn_normalization, class_names=model.segattn_class_names,
-                             takes_mask=spec.takes_mask, reverse_labels=spec.reverse_labels,
-                             info=getattr(model, "segattn_checkpoint", {}))
-        self.state.set_model(loaded)
-        return loaded
+            loaded = read_checkpoint(str(path or self.ckpt.value))
+        except (ValueError, OSError) as exc:  # CheckpointError is a ValueError
+            return self._failed("cannot load", exc)
+        return self._adopt(loaded)
 
     def load_last_run(self, *_, folder=None):
         """The newest ``last/`` checkpoint in the runs folder (Settings > SegAttn defaults)."""
+        path = self._last_run(folder)
+        return None if path is None else self.load(path=path)
+
+    def _last_run(self, folder=None):
         from pathlib import Path
 
         root = Path(folder) if folder else plugin_defaults().runs_path
@@ -176,22 +287,101 @@ class ModelWidget(Container):
             show_error(f"no training run with a saved epoch in {root}")
             self.status.value = f"error: no run in {root}"
             return None
-        return self.load(path=str(found[-1]))
+        return str(found[-1])
+
+    def _build_clicked(self, *_):
+        try:
+            opts = self._build_options()
+        except ValueError as exc:
+            return self._failed(f"cannot build {self.arch.value}", exc)
+        return self._in_worker(build_loaded, self.arch.value, opts, what=f"building {self.arch.value}")
+
+    def _load_clicked(self, *_):
+        path = str(self.ckpt.value or "").strip()
+        if not path or path == ".":
+            return self._failed("cannot load", ValueError("choose a model in the list or a checkpoint file"))
+        return self._in_worker(read_checkpoint, path, what=f"loading {_short(path)}")
+
+    def _last_run_clicked(self, *_):
+        path = self._last_run()
+        return None if path is None else self._in_worker(read_checkpoint, path, what=f"loading {_short(path)}")
+
+    def _in_worker(self, func, *args, what: str):
+        """Build/load off the GUI thread (torch import, weights, first allocation)."""
+        if self.state.busy:
+            show_error("another job is running; wait for it or cancel it")
+            return None
+        self.state.busy = True
+        self.status.value = what + "..."
+        # run_in_worker notifies the error; the status line keeps it
+        return run_in_worker(func, *args, desc=what, on_return=self._adopt,
+                             on_error=lambda exc: setattr(self.status, "value", f"error: {exc}"),
+                             on_finish=lambda: setattr(self.state, "busy", False))
+
+    def _failed(self, what: str, exc: BaseException):
+        show_error(f"{what}: {exc}")
+        self.status.value = f"error: {exc}"
+        return None
+
+    def _adopt(self, loaded: LoadedModel) -> LoadedModel:
+        """Make ``loaded`` the shared model; remember it for the dropdown when it came from a file."""
+        self.state.set_model(loaded)
+        if loaded.source != "built":
+            remember_model(loaded.source)
+            self._refresh_known(select=loaded.source)
+        show_info(f"{'built' if loaded.source == 'built' else 'loaded'} {loaded.name}")
+        return loaded
 
     # -- display -------------------------------------------------------------------------
-    def _show_defaults(self, name):
-        from ..models import get_spec
+    def _refresh_known(self, select: str | None = None):
+        """Re-read the demo/recent list; select ``select`` (the model just loaded) or keep the selection."""
+        from pathlib import Path
 
-        spec = get_spec(name)
-        self.arch.tooltip = f"{spec.summary}\n{spec.paper}"
+        keep = select if select is not None else self.known.value
+        with self.known.changed.blocked():
+            self.known.choices = known_models()
+            resolved = str(Path(keep).resolve()) if keep else keep  # remembered paths are resolved
+            if keep in self.known.choices or resolved in self.known.choices:
+                self.known.value = keep if keep in self.known.choices else resolved
+
+    def _known_changed(self, path):
+        """A model chosen in the list goes into the checkpoint field: Load loads it."""
+        if path:
+            with self.ckpt.changed.blocked():
+                self.ckpt.value = path
+        self.known.tooltip = path or "choose a checkpoint file (or a run folder) in the field below"
+
+    def _file_chosen(self, *_):
+        """A file browsed to by hand: the list says so rather than naming another model."""
+        if str(self.ckpt.value) != str(self.known.value):
+            with self.known.changed.blocked():
+                self.known.value = ""
+            self.known.tooltip = "the checkpoint file (or run folder) in the field below"
+
+    def _show_defaults(self, name):
+        self.arch.tooltip = self._tips.get(name) or name
+        if self._options_for not in (None, name):  # another model's options would not build this one
+            self.arch_options.value = "{}"
+            self._options_for = None
+
+    def _show_arch(self, loaded: LoadedModel):
+        """The architecture box, classes and options follow the model in use."""
+        if loaded.name not in self.arch.choices:
+            self.arch.choices = sorted({*self.arch.choices, loaded.name})
+        self._options_for = loaded.name
+        self.arch.value = loaded.name
+        self.out_channels.value = int(loaded.model.out_channels)
+        self.arch_options.value = _options_text(loaded.config)
 
     def _show_model(self, loaded: LoadedModel | None):
         from ..models import count_parameters
 
         if loaded is None:
-            self.info.value = "no model yet"
+            self.info.value = self.loaded_line.value = "no model yet"
             return
+        self._show_arch(loaded)
         n = count_parameters(loaded.model)
+        self.loaded_line.value = f"{loaded.name}, {n:,} parameters, {_describe_source(loaded.source)}"
         lines = [f"{loaded.name}: {n:,} parameters", f"source: {loaded.source}", "config: " + json.dumps(loaded.config)]
         if loaded.normalization:
             lines.append("normalisation: " + json.dumps(loaded.normalization))

@@ -12,10 +12,11 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, attach_ground_truth, gather_input, scope_of, scope_picker
+from .docking import dock_as_tab
 from .layers import label_colormap, label_stack_axis, layer_kind, place_slice, upsert_layer, wrapped_label
 from .plot import LivePlot
 from .state import get_state
-from .workers import run_in_worker
+from .workers import ProgressLine, run_in_worker
 
 __all__ = ["PredictRefineWidget"]
 
@@ -52,6 +53,7 @@ def _refine_job(build, max_iters, tol, cancel):
 class PredictRefineWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
+        dock_as_tab(self)  # Plugins > SegAttn: scroll, and tab with the other SegAttn widgets
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self.scope = scope_picker()
@@ -317,7 +319,18 @@ class PredictRefineWidget(Container):
             iter_predict, loaded.model, inp.image, **self._core_layout(inp), batch_size=int(self.batch_size.value),
             device=self.state.device, amp=self._amp(), mask=mask, threshold=float(self.threshold.value),
             cancel=self._cancel.is_set, on_return=lambda pred: self._show_prediction(inp, pred), desc="predict", total=0,
+            on_yield=self._progress_shower("predicting"),
         ) if n else None
+
+    def _progress_shower(self, what: str):
+        """A yield handler writing count, elapsed time and ETA to the status line."""
+        line = ProgressLine(what)
+
+        def show(ev):
+            text = line(ev)
+            if text:
+                self.status.value = text
+        return show
 
     def _predict_lazy(self, inp):
         """A dask / zarr / multiscale layer: windows read one by one, the result written block by
@@ -338,7 +351,8 @@ class PredictRefineWidget(Container):
             iter_predict_to_zarr, loaded.model, inp.image, out, **self._core_layout(inp),
             batch_size=int(self.batch_size.value), device=self.state.device, amp=self._amp(),
             mask=self.init.value if loaded.takes_mask else None, threshold=float(self.threshold.value),
-            cancel=self._cancel.is_set, on_return=lambda res: self._show_lazy_prediction(inp, res), desc="predict")
+            cancel=self._cancel.is_set, on_return=lambda res: self._show_lazy_prediction(inp, res), desc="predict",
+            on_yield=self._progress_shower("predicting window by window"))
 
     def _show_lazy_prediction(self, inp, res):
         import dask.array as da

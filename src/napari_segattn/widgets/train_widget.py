@@ -14,8 +14,9 @@ from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, gather_input
 from .plot import LivePlot
+from .docking import dock_as_tab
 from .layers import wrapped_label
-from .settings import plugin_defaults
+from .settings import plugin_defaults, remember_model
 from .state import get_state
 from .workers import run_in_worker
 
@@ -37,28 +38,39 @@ def _leave_a_core_for_the_viewer(run):
         torch.set_num_threads(before)
 
 
-_WARMED = False
+_WARM_UP = None  # the thread that builds the first optimiser, started once a model exists
 
 
 def _warm_up_torch_optim() -> None:
-    """Build a throw-away optimiser once, while the widget is created.
+    """Build a throw-away optimiser once, in a background thread.
 
-    The first optimiser in a process imports torch's compiler stack (~1.8 s here), and that
-    import holds the GIL in chunks of 150 ms -- doing it inside the training worker froze the
-    viewer; doing it at docking time is a one-off cost the user sees as the widget loading.
+    The first optimiser in a process imports torch's compiler stack (~1.6 s here). Done at
+    docking time it made the widget take seconds to appear; done inside the training worker
+    right after Train it froze the viewer; done in the background once a model is loaded it
+    is ready (or nearly) by the time the user presses Train, and the job waits for it.
     """
-    global _WARMED
-    if not _WARMED:
-        import torch
+    global _WARM_UP
+    if _WARM_UP is None:
+        import threading
 
-        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-        _WARMED = True
+        def warm():
+            import torch
+
+            torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+        _WARM_UP = threading.Thread(target=warm, name="segattn-optim-warm-up", daemon=True)
+        _WARM_UP.start()
+
+
+def _wait_for_warm_up() -> None:
+    _warm_up_torch_optim()
+    _WARM_UP.join()
 
 
 class TrainWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
-        _warm_up_torch_optim()
+        dock_as_tab(self)  # Plugins > SegAttn: scroll, and tab with the other SegAttn widgets
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self.recipe = wrapped_label(label="recipe", value="(no model)")
@@ -92,23 +104,39 @@ class TrainWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self.save)
         self.state.model_changed.connect(self._model_changed)
+        for w in (self.epochs, self.batch_size, self.lr, self.loss, self.augment, self.tv_alpha):
+            w.changed.connect(self._describe_run)
         self._model_changed(self.state.loaded)
 
     def _model_changed(self, loaded):
-        from ..training import recipe_for
-
         if loaded is None:
             self.recipe.value = "(no model)"
             self._fields_from = None
             return
-        r = recipe_for(loaded.name)
-        self.recipe.value = (f"{r.recipe}: {r.optimizer} lr {r.lr:g}, {r.loss}, batch {r.batch_size}; the paper "
-                             f"trains {r.epochs} epochs, here the epochs field counts")
-        if loaded is getattr(self, "_fields_from", None):
-            return  # the same model with new weights (our own run finished): the user's settings stay
-        self._fields_from = loaded
-        self.batch_size.value = r.batch_size
-        self.binarize.value = loaded.model.out_channels == 1
+        _warm_up_torch_optim()
+        if loaded is not getattr(self, "_fields_from", None):
+            # a new model: its recipe's batch size; the same model with new weights (our own run
+            # finished): the user's settings stay
+            from ..training import recipe_for
+
+            self._fields_from = loaded
+            self.batch_size.value = recipe_for(loaded.name).batch_size
+            self.binarize.value = loaded.model.out_channels == 1
+        self._describe_run()
+
+    def _describe_run(self, *_):
+        """The recipe line says what Train will run: the fields over the model's paper recipe."""
+        if self.state.loaded is None:
+            self.recipe.value = "(no model)"
+            return
+        from ..training import recipe_for
+
+        paper, c = recipe_for(self.state.loaded.name), self.build_config()
+        aug = c.augment if isinstance(c.augment, str) else "recipe's"
+        self.recipe.value = (f"will run {c.epochs} epoch(s) of {c.recipe}: {c.optimizer} lr {c.lr:g}, loss {c.loss}, "
+                             f"batch {c.batch_size}, augmentation {aug}"
+                             + (f", TV alpha {c.tv_alpha:g}" if c.tv_alpha else "")
+                             + (f" (the paper trains {paper.epochs} epochs)" if paper.epochs != c.epochs else ""))
 
     # -- data + config -----------------------------------------------------------------------
     def build_config(self):
@@ -184,6 +212,7 @@ class TrainWidget(Container):
         """Runs in the worker thread: data set building is slow enough to stall the viewer."""
         from ..training import Trainer
 
+        _wait_for_warm_up()
         train_ds, val_ds, norm = self.build_datasets(inp, config)
         yield from ()  # a generator even if cancelled before the trainer exists
         loaded = self.state.loaded
@@ -209,6 +238,8 @@ class TrainWidget(Container):
                 self.plot.add_point("val dice", self._step_count, float(dice))
         elif isinstance(ev, Finished):
             self.status.value = f"finished: best epoch {ev.best_epoch}, model at {ev.model_path}"
+            if ev.model_path:
+                remember_model(ev.model_path)  # offered in the Model widget's list
             show_info(self.status.value)
         elif isinstance(ev, Cancelled):
             self.status.value = f"cancelled at epoch {ev.epoch + 1}; last checkpoint: {ev.last_checkpoint}"

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from napari.qt.threading import create_worker
+from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
-__all__ = ["run_in_worker", "explain_exception", "JobProgress", "relay_steps"]
+__all__ = ["run_in_worker", "explain_exception", "JobProgress", "relay_steps", "ProgressLine"]
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,10 @@ def run_in_worker(
     # Passing our handler in _connect tells superqt not to re-raise in the GUI thread.
     worker = create_worker(_guard(gen_func), *args, _progress={"total": total, "desc": desc}, _start_thread=False,
                            _connect={"errored": _errored}, **kwargs)
-    worker.yielded.connect(lambda ev: _sync_progress(worker, ev, desc))
-    if on_yield is not None:
-        worker.yielded.connect(on_yield)
+    if isinstance(worker, GeneratorWorker):  # plain functions (build, load) yield nothing
+        worker.yielded.connect(lambda ev: _sync_progress(worker, ev, desc))
+        if on_yield is not None:
+            worker.yielded.connect(on_yield)
     if on_return is not None:
         worker.returned.connect(on_return)
     if on_finish is not None:
@@ -131,3 +132,25 @@ def _sync_progress(worker, ev, desc: str) -> None:
 
 def notify(msg: str) -> None:
     show_info(msg)
+
+
+class ProgressLine:
+    """"predict: 12/94 slices, 3 s, ETA 21 s" from done/total events, for a widget's status
+    line (napari's activity bar shows a count only when opened, and no ETA)."""
+
+    UNITS = {"windows": "windows"}
+
+    def __init__(self, what: str) -> None:
+        import time
+
+        self.what, self._clock = what, time.perf_counter
+        self.t0 = self._clock()
+
+    def __call__(self, ev) -> str | None:
+        done, total = getattr(ev, "done", None), getattr(ev, "total", None)
+        if not isinstance(done, int) or not isinstance(total, int) or total <= 0:
+            return None
+        elapsed = self._clock() - self.t0
+        unit = self.UNITS.get(getattr(ev, "stage", ""), "slices")
+        eta = f", ETA {elapsed / done * (total - done):.0f} s" if 0 < done < total else ""
+        return f"{self.what}: {done}/{total} {unit}, {elapsed:.0f} s{eta}"
