@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.gui
 
-NAMES = ["Model", "Train", "Predict and refine", "Inspect", "Compare"]
+NAMES = ["Model", "Train", "Predict and refine", "Inspect", "Compare", "Batch predict"]
 
 
 def _dock_as_the_menu_does(viewer, name):

@@ -11,6 +11,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox
 from napari.utils.notifications import show_error, show_info
 
+from .docking import dock_as_tab
 from .inputs import InputError, gather_input
 from .layers import upsert_layer, wrapped_label
 from .state import get_state
@@ -80,6 +81,7 @@ class BatchWidget(Container):
         self.cancel_button.changed.connect(lambda *_: self._cancel.set())
         self.state.busy_changed.connect(lambda busy: setattr(self.run_button, "enabled", not busy))
         self._source_changed(self.source.value)
+        dock_as_tab(self)  # Plugins > SegAttn: scroll, and tab with the other SegAttn widgets
 
     def _source_changed(self, source):
         self.folder.visible = source == FOLDER

@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib.resources import files
 
 DEMO_CHECKPOINT = "demo_fanet_dsb2018.safetensors"
-WIDGETS = ["Model", "Train", "Predict and refine", "Inspect", "Compare"]
+WIDGETS = ["Model", "Train", "Predict and refine", "Inspect", "Compare", "Batch predict"]
 
 
 def demo_checkpoint_path():
