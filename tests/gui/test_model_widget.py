@@ -165,4 +165,5 @@ def test_model_names_without_torch_match_the_registry():
     from napari_segattn.models import list_models
     from napari_segattn.widgets.model_widget import MODEL_NAMES
 
-    assert MODEL_NAMES == list_models()
+    # other test modules register private stand-ins ("_tiny", "_standin_fanet") in this process
+    assert MODEL_NAMES == [n for n in list_models() if not n.startswith("_")]

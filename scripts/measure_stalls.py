@@ -1,0 +1,123 @@
+"""Longest viewer stall while the widgets work, with the real models at the sizes users run.
+
+A 10 ms QTimer ticks in napari's event loop; the gap between ticks is how long the GUI thread
+was blocked. Phases (each through the widgets' own buttons): load the demo FANet; Predict and
+5 refinement Steps on the DSB nuclei sample (512x512); one training epoch of the demo-sized
+FANet on that sample (256x256 tiles); whole-volume predict of the MNI152 sample (91 slices) with
+a U-Net; an IG saliency preview + full map. ``--load N`` starts N busy-looping processes first
+(a loaded machine). Run under a display (``xvfb-run -a``):
+
+    xvfb-run -a .venv/bin/python scripts/measure_stalls.py [--load 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import time
+
+os.environ.setdefault("QT_API", "pyqt6")
+
+
+def _burn() -> None:
+    while True:
+        pass
+
+
+class Meter:
+    def __init__(self, app) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.app, self.gaps, self._last = app, [], time.perf_counter()
+        self.timer = QTimer()
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def run(self, start, busy, timeout=900.0) -> dict:
+        """Call ``start()``, pump the event loop until ``busy()`` is false; stall statistics."""
+        import numpy as np
+
+        self.gaps, self._last = [], time.perf_counter()
+        self.timer.start(10)
+        t0 = time.perf_counter()
+        start()
+        while True:
+            self.app.processEvents()
+            if not busy() or time.perf_counter() - t0 > timeout:
+                break
+            time.sleep(0.002)
+        for _ in range(20):  # the last results reach the layers
+            self.app.processEvents()
+            time.sleep(0.005)
+        self.timer.stop()
+        g = np.array(self.gaps[1:] or [0.0]) * 1000
+        return {"seconds": round(time.perf_counter() - t0, 1), "longest_ms": round(float(g.max()), 1),
+                "p99_ms": round(float(np.percentile(g, 99)), 1), "gaps_over_100ms": int((g > 100).sum()),
+                "ticks": int(g.size)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--load", type=int, default=0, help="busy-looping processes to start first")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--skip", nargs="*", default=[], help="phases to skip")
+    args = ap.parse_args()
+    burners = [mp.Process(target=_burn, daemon=True) for _ in range(args.load)]
+    for b in burners:
+        b.start()
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_segattn.widgets.demo import demo_checkpoint_path
+    from napari_segattn.widgets.state import get_state
+
+    viewer = napari.Viewer(show=True)
+    app = QApplication.instance()
+    viewer.open_sample("napari-segattn", "dsb2018_nuclei")
+    docked = {name: viewer.window.add_plugin_dock_widget("napari-segattn", name, tabify=True)[1]
+              for name in ("Model", "Train", "Predict and refine", "Inspect")}
+    state = get_state(viewer)
+    meter = Meter(app)
+    busy = lambda: state.busy  # noqa: E731
+    out = {"load_processes": args.load, "cpus": os.cpu_count()}
+    model, refine, inspect, train = (docked[k] for k in ("Model", "Predict and refine", "Inspect", "Train"))
+    out["load demo model"] = meter.run(lambda: model.load(path=str(demo_checkpoint_path())), busy)
+    out["predict 512x512 (demo FANet)"] = meter.run(lambda: refine.predict_button.clicked.emit(), busy)
+    steps = [meter.run(lambda: refine.step_button.clicked.emit(), busy) for _ in range(5)]
+    out["refinement Step (worst of 5)"] = max(steps, key=lambda r: r["longest_ms"])
+    if "saliency" not in args.skip:
+        out["IG saliency preview + full"] = meter.run(lambda: inspect.saliency_button.clicked.emit(), busy)
+    if "train" not in args.skip:
+        train.epochs.value = 1
+        train.tile.value = 256
+        train.out_dir.value = "/tmp/segattn-stall-run"
+        import shutil
+
+        shutil.rmtree("/tmp/segattn-stall-run", ignore_errors=True)
+        out["train 1 epoch (demo FANet, 256 tiles)"] = meter.run(lambda: train.train_button.clicked.emit(), busy)
+    if "volume" not in args.skip:
+        viewer.layers.clear()
+        viewer.open_sample("napari-segattn", "mni152_brain")
+        model.arch.value = "unet"
+        model.arch_options.value = '{"in_channels": 1, "out_channels": 3}'
+        out["build unet"] = meter.run(lambda: model.build_button.clicked.emit(), busy)
+        refine.scope.value = "whole volume"
+        out["predict whole MNI volume (unet)"] = meter.run(lambda: refine.predict_button.clicked.emit(), busy)
+    for k, v in out.items():
+        print(f"{k:40s} {v}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+    for b in burners:
+        b.terminate()
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
