@@ -47,6 +47,12 @@ def _owned(layer) -> bool:
     return bool(layer.metadata.get("segattn"))
 
 
+DISPLAY_KEYS = ("contrast_limits", "opacity", "blending", "scale", "translate", "metadata", "colormap", "gamma",
+                "contour")
+#: layer.unique_id -> repr of each display setting upsert_layer last gave it
+_APPLIED: dict = {}
+
+
 def upsert_layer(viewer, kind: str, data: np.ndarray, name: str, **kwargs):
     """Update our layer called ``name`` or add a new one; never touch a user's layer."""
     kwargs.setdefault("metadata", {})
@@ -54,11 +60,17 @@ def upsert_layer(viewer, kind: str, data: np.ndarray, name: str, **kwargs):
     if name in viewer.layers:
         layer = viewer.layers[name]
         if _owned(layer) and layer_kind(layer) == kind and layer.data.ndim == np.ndim(data):
+            same_array = layer.data is data
             layer.data = data
-            for key in ("contrast_limits", "opacity", "blending", "scale", "translate", "metadata", "colormap", "gamma", "contour"):
-                if key in kwargs:
+            applied = _APPLIED.setdefault(layer.unique_id, {})
+            for key in DISPLAY_KEYS:
+                # a property set re-renders the layer even when unchanged (a labels colormap
+                # rebuilds its texture): set only what changed since we last set it
+                if key in kwargs and applied.get(key) != (value := repr(kwargs[key])):
                     setattr(layer, key, kwargs[key])
-            layer.refresh()
+                    applied[key] = value
+            if same_array:  # mutated in place: napari cannot know
+                layer.refresh()
             return layer
         if _owned(layer):
             viewer.layers.remove(layer)
@@ -67,10 +79,12 @@ def upsert_layer(viewer, kind: str, data: np.ndarray, name: str, **kwargs):
             while f"{name} [{i}]" in viewer.layers:
                 i += 1
             name = f"{name} [{i}]"
+    applied = {key: repr(kwargs[key]) for key in DISPLAY_KEYS if key in kwargs}
     contour = kwargs.pop("contour", None)  # a Labels property, not an add_labels argument
     layer = getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
     if contour is not None:
         layer.contour = contour
+    _APPLIED[layer.unique_id] = applied
     return layer
 
 
