@@ -74,3 +74,22 @@ def test_shift_command(tmp_path, ckpt):
     ig0, ig1 = abs(sigmoid(-5) - sigmoid(-5)), abs(sigmoid(5) - sigmoid(-5))
     assert float(rows[0]["mass_a:fg"]) == pytest.approx(ig1 / (ig0 + ig1))
     assert (out / "difference_class1.tif").exists() and (out / "shift.json").exists()
+
+
+def test_saliency_gap_tolerance_and_preview_flags(tmp_path, ckpt):
+    """--gap-tolerance doubles the steps until IG's relative gap is under it (recorded in
+    saliency.json); --preview F explains a 1/F image and says so."""
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    out = tmp_path / "sal"
+    assert main(["saliency", ckpt("m"), str(tmp_path / "img.tif"), "--class", "1", "--out", str(out),
+                 "--steps", "2", "--gap-tolerance", "0.01", "--device", "cpu"]) == 0
+    info = json.loads((out / "saliency.json").read_text())
+    tried = info["steps_tried"]
+    assert [n for n, _ in tried] == [2 * 2 ** k for k in range(len(tried))] and len(tried) > 1
+    assert info["n_steps"] == tried[-1][0] and tried[-1][1] < 0.01 <= tried[-2][1]
+    out2 = tmp_path / "prev"
+    assert main(["saliency", ckpt("m"), str(tmp_path / "img.tif"), "--class", "1", "--out", str(out2),
+                 "--preview", "2", "--device", "cpu"]) == 0
+    assert json.loads((out2 / "saliency.json").read_text())["preview_downscale"] == 2
+    assert tifffile.imread(out2 / "saliency_class1.tif").shape == (32, 32)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLIError
-from .argtypes import NONNEGATIVE_INT, POSITIVE_INT
+from .argtypes import NONNEGATIVE_INT, POSITIVE_INT, float_range
 from .predict_cmd import add_common, load_cli_model, read_cli_image, refuse_existing, user_errors
 
 
@@ -24,6 +24,13 @@ def add_saliency_options(p) -> None:
     p.add_argument("--stride", type=POSITIVE_INT, default=8)
     p.add_argument("--steps", type=POSITIVE_INT, default=50, help="IG integration steps")
     p.add_argument("--baseline", default="zeros", choices=["zeros", "blur", "mean"])
+    p.add_argument("--gap-tolerance", type=float_range(0.0, 1.0), default=None, metavar="T",
+                   help="double --steps (up to --max-steps) until IG's relative completeness gap is below T "
+                        "(e.g. 0.05); else warn with the gap reached")
+    p.add_argument("--max-steps", type=POSITIVE_INT, default=256, help="cap for --gap-tolerance (default 256)")
+    p.add_argument("--preview", type=POSITIVE_INT, default=1, metavar="F",
+                   help="explain the image shrunk F times (seconds on a CPU) and spread the map back; "
+                        "labelled as a preview in saliency.json (default 1: full size)")
     p.add_argument("--internal-batch-size", type=POSITIVE_INT, default=None,
                    help="IG steps per forward pass (default: about 1 MPixel per pass, to bound memory)")
     p.add_argument("--slice", type=NONNEGATIVE_INT, default=None, help="slice index of a volume (default: the middle)")
@@ -85,7 +92,9 @@ def write_maps(out: Path, stem: str, m2: np.ndarray, f, place, overwrite: bool) 
 def saliency_kwargs(args) -> dict:
     # internal_batch_size None: saliency() picks explain.memory.ig_batch_size for the image
     return dict(method=args.method, window=args.window, stride=args.stride, n_steps=args.steps,
-                baseline=args.baseline, internal_batch_size=args.internal_batch_size or None)
+                baseline=args.baseline, internal_batch_size=args.internal_batch_size or None,
+                gap_tolerance=getattr(args, "gap_tolerance", None), max_steps=getattr(args, "max_steps", 256),
+                downscale=getattr(args, "preview", 1))
 
 
 def run(args) -> int:
@@ -112,7 +121,8 @@ def run(args) -> int:
             "window": list(sal.window), "stride": sal.stride, "n_windows": sal.n_windows, "n_steps": sal.n_steps,
             "baseline": sal.baseline, "completeness_gap": sal.completeness_gap, "relative_gap": sal.relative_gap,
             "deltas": sal.deltas, "output_difference": sal.output_difference, "seconds": sal.seconds,
-            "slice": args.slice}
+            "slice": args.slice, "preview_downscale": getattr(sal, "downscale", args.preview),
+            "steps_tried": getattr(sal, "steps_tried", None)}
     info["warning"] = sal.warning
     (out / "saliency.json").write_text(json.dumps(info, indent=2) + "\n")
     if sal.warning:
