@@ -98,6 +98,7 @@ class FANetRefiner:
         tile: int | tuple[int, int] | str | None = "auto",
         overlap: float = DEFAULT_OVERLAP,
         memory_budget: int | str | None = None,
+        squeeze: str = "window",
     ) -> None:
         self.model = model
         self.pin_edits = pin_edits
@@ -121,7 +122,7 @@ class FANetRefiner:
         self.spacing = spacing
         self.metrics_per_slice = metrics_per_slice
         #: sliding-window settings of every step (see ``predict``)
-        self.tiling = {"tile": tile, "overlap": overlap, "memory_budget": memory_budget}
+        self.tiling = {"tile": tile, "overlap": overlap, "memory_budget": memory_budget, "squeeze": squeeze}
         self.ground_truth = None
         if ground_truth is not None:
             gt = np.asarray(ground_truth)

@@ -444,9 +444,14 @@ def iter_stack_probabilities(
     memory_budget=None,
     cancel: Callable[[], bool] | None = None,
     blend: str = "gaussian",
+    squeeze: str = "window",
 ) -> Iterator:
     """Probabilities ``(Z, K, H, W)`` of a normalised ``(Z, C, H, W)`` stack (numpy) or of a
     :class:`RawWindows` source, whole slices or windows as the memory budget says.
+
+    ``squeeze="slice"``: windows use the whole slice's squeeze-and-excitation statistics
+    (``inference.global_squeeze``; FANet), so tiled agrees with whole-slice inference, at the
+    cost of one partial pass of the windows per SE layer; ``"window"``: each window its own.
 
     Yields :class:`~napari_segattn.inference.PredictProgress` (slices) when whole,
     :class:`TileProgress` (windows) when tiled; *returns* ``(probabilities, info)``.
@@ -481,15 +486,30 @@ def iter_stack_probabilities(
             else:
                 read = lambda sy, sx, z=z: stack[z][:, sy, sx]  # noqa: E731
             mread = None if masks is None else (lambda sy, sx, z=z: masks[z][sy, sx])
-            gen = iter_blend_block(forward, read, grid, k, mask=mread, batch_size=batch_size, cancel=cancel)
-            while True:
-                try:
-                    done = next(gen)
-                except StopIteration as stop:
-                    probs[z] = stop.value
-                    break
-                yield TileProgress(z * len(grid) + done, total)
+            with _squeeze_of_slice(squeeze, net, read, mread, grid, getattr(model, "stride", 1), batch_size, cancel):
+                gen = iter_blend_block(forward, read, grid, k, mask=mread, batch_size=batch_size, cancel=cancel)
+                while True:
+                    try:
+                        done = next(gen)
+                    except StopIteration as stop:
+                        probs[z] = stop.value
+                        break
+                    yield TileProgress(z * len(grid) + done, total)
     return probs, {"tiled": True, "window": list(window), "overlap": overlap, "windows": total}
+
+
+def _squeeze_of_slice(squeeze: str, net, read, mread, grid, stride, batch_size, cancel):
+    """A context in which ``net``'s SE layers use this slice's statistics (``squeeze="slice"``)."""
+    import contextlib
+
+    if squeeze == "window":
+        return contextlib.nullcontext()
+    if squeeze != "slice":
+        raise InputError(f"squeeze must be 'window' or 'slice', got {squeeze!r}")
+    from .global_squeeze import fixed_squeeze, slice_squeeze
+
+    layers, vectors = slice_squeeze(net, read, mread, grid, stride, max(1, batch_size), cancel)
+    return fixed_squeeze(layers, vectors)
 
 
 def stack_probabilities(model, traits, stack, masks, **kwargs) -> np.ndarray:

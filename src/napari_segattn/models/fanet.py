@@ -40,8 +40,13 @@ class SELayer(nn.Module):
             nn.Sigmoid(),
         )
 
+    #: a (C,) squeeze to use instead of this input's mean: tiled inference sets the whole
+    #: slice's (inference.global_squeeze), so a window gets the channel weights of the slice
+    fixed_squeeze: torch.Tensor | None = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.fc(x.mean(dim=(2, 3)))
+        s = x.mean(dim=(2, 3)) if self.fixed_squeeze is None else self.fixed_squeeze.to(x.dtype).expand(x.shape[0], -1)
+        w = self.fc(s)
         return x * w[:, :, None, None]
 
 
