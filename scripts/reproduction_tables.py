@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         study = json.loads((root / "summary.json").read_text())["study"]
         folders = {study: root}
     else:
-        folders = {name: root / name for name in ("fanet-ablation", "mistakes", "attention-shift", "fu-net")}
+        folders = {name: root / name for name in ("fanet-ablation", "mistakes", "attention-shift", "fu-net",
+                                                  "corrections")}
     specs = {
         "fanet-ablation": [("summary_table.csv", ["row"], ["dice", "iou", "recall", "precision"],
                             ["dice", "iou", "recall", "precision"])],
@@ -74,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                             ("summary_attention_shift_summary.csv", ["alpha", "explained"],
                              ["mass_background", "mass_GM", "mass_WM", "centroid_shift_px"], [])],
         "fu-net": [("summary_table.csv", ["n_train", "method"], ["dice_GM", "dice_WM"], [])],
+        "corrections": [("summary_table.csv", ["dataset", "method"],
+                         ["dice_0", "dice_10", "gain", "gain_outside_paint", "noc90", "noc95"], [])],
     }
     found = 0
     for name, d in folders.items():
