@@ -451,11 +451,6 @@ def saliency(
 ) -> SaliencyMap:
     """:func:`iter_saliency` run to the end (same keyword arguments), calling ``progress(event)``
     after every pass: for callers that want a plain function (CLI, experiments)."""
-    gen = iter_saliency(model, image, target_class, cancel=cancel, **kwargs)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(ev)
+    from ..inference.predict import drive
+
+    return drive(iter_saliency(model, image, target_class, cancel=cancel, **kwargs), progress)

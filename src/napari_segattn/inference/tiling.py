@@ -458,6 +458,8 @@ def iter_stack_probabilities(
     """
     from .predict import PredictProgress, _eval_on, run_batches, use_channels_last
 
+    if squeeze not in ("window", "slice"):  # checked before any work, whole or tiled
+        raise InputError(f"squeeze must be 'window' or 'slice', got {squeeze!r}")
     source = stack if isinstance(stack, RawWindows) else None
     n, hw = (source.n_slices, source.hw) if source is not None else (stack.shape[0], tuple(stack.shape[2:]))
     k = 1 if traits.binary else traits.out_channels
@@ -504,8 +506,6 @@ def _squeeze_of_slice(squeeze: str, net, read, mread, grid, stride, batch_size, 
 
     if squeeze == "window":
         return contextlib.nullcontext()
-    if squeeze != "slice":
-        raise InputError(f"squeeze must be 'window' or 'slice', got {squeeze!r}")
     from .global_squeeze import fixed_squeeze, slice_squeeze
 
     layers, vectors = slice_squeeze(net, read, mread, grid, stride, max(1, batch_size), cancel)
