@@ -1,7 +1,8 @@
 """Longest viewer stall while the widgets work, with the real models at the sizes users run.
 
 A 10 ms QTimer ticks in napari's event loop; the gap between ticks is how long the GUI thread
-was blocked. Phases (each through the widgets' own buttons): load the demo FANet; Predict and
+was blocked. Phases (each through the widgets' own buttons): the one-off warm-up imports after
+docking (idle viewer, widgets/warmup.py); load the demo FANet; Predict and
 5 refinement Steps on the DSB nuclei sample (512x512); one training epoch of the demo-sized
 FANet on that sample (256x256 tiles); whole-volume predict of the MNI152 sample (91 slices) with
 a U-Net; an IG saliency preview + full map. ``--load N`` starts N busy-looping processes first
@@ -26,24 +27,59 @@ def _burn() -> None:
         pass
 
 
+class StallSampler:
+    """``--why``: a thread samples the GUI thread's stack every 10 ms while it has not ticked for
+    100 ms; ``report`` tells what it was doing in the phase's longest stall (the innermost
+    Python frames of each sample, counted)."""
+
+    def __init__(self, meter) -> None:
+        import threading
+
+        self.meter, self.main, self.samples = meter, threading.main_thread().ident, []
+        self.stop = threading.Event()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        import sys
+        import traceback
+
+        while not self.stop.wait(0.01):
+            now = time.perf_counter()
+            if now - self.meter._last > 0.1:
+                frame = sys._current_frames().get(self.main)
+                if frame is not None:
+                    inner = traceback.extract_stack(frame)[-4:]
+                    self.samples.append((now, " < ".join(f"{f.filename.split('site-packages/')[-1]}:{f.name}"
+                                                         for f in reversed(inner))))
+
+    def report(self, gap_end: float, gap_ms: float, n: int = 8) -> list[tuple[str, int]]:
+        import collections
+
+        t0 = gap_end - gap_ms / 1000
+        inside = collections.Counter(stack for t, stack in self.samples if t0 <= t <= gap_end)
+        self.samples.clear()
+        return inside.most_common(n)
+
+
 class Meter:
     def __init__(self, app) -> None:
         from qtpy.QtCore import QTimer
 
-        self.app, self.gaps, self._last = app, [], time.perf_counter()
+        self.app, self.gaps, self.ends, self._last = app, [], [], time.perf_counter()
         self.timer = QTimer()
         self.timer.timeout.connect(self._tick)
 
     def _tick(self) -> None:
         now = time.perf_counter()
         self.gaps.append(now - self._last)
+        self.ends.append(now)
         self._last = now
 
     def run(self, start, busy, timeout=900.0) -> dict:
         """Call ``start()``, pump the event loop until ``busy()`` is false; stall statistics."""
         import numpy as np
 
-        self.gaps, self._last = [], time.perf_counter()
+        self.gaps, self.ends, self._last = [], [], time.perf_counter()
         self.timer.start(10)
         t0 = time.perf_counter()
         start()
@@ -67,6 +103,7 @@ def main() -> None:
     ap.add_argument("--load", type=int, default=0, help="busy-looping processes to start first")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--skip", nargs="*", default=[], help="phases to skip")
+    ap.add_argument("--why", action="store_true", help="print what the GUI thread did in each phase's stalls")
     args = ap.parse_args()
     burners = [mp.Process(target=_burn, daemon=True) for _ in range(args.load)]
     for b in burners:
@@ -84,9 +121,24 @@ def main() -> None:
               for name in ("Model", "Train", "Predict and refine", "Inspect")}
     state = get_state(viewer)
     meter = Meter(app)
+    if args.why:
+        sampler = StallSampler(meter)
+        run = meter.run
+
+        def traced(start, busy):
+            res = run(start, busy)
+            worst = max(range(1, len(meter.gaps)), key=meter.gaps.__getitem__, default=0)
+            res["stalled_in"] = sampler.report(meter.ends[worst], 1000 * meter.gaps[worst]) if worst else []
+            return res
+
+        meter.run = traced
     busy = lambda: state.busy  # noqa: E731
     out = {"load_processes": args.load, "cpus": os.cpu_count()}
     model, refine, inspect, train = (docked[k] for k in ("Model", "Predict and refine", "Inspect", "Train"))
+    from napari_segattn.widgets.warmup import warm_up_done
+
+    # the one-off imports after docking (widgets/warmup.py), while a user reads the widgets
+    out["warm-up after docking (idle viewer)"] = meter.run(lambda: None, lambda: not warm_up_done())
     def load_demo():
         model.ckpt.value = str(demo_checkpoint_path())
         model.load_button.clicked.emit()  # the button loads in a worker, as a user clicks it
@@ -114,12 +166,17 @@ def main() -> None:
         refine.scope.value = "whole volume"
         out["predict whole MNI volume (unet)"] = meter.run(lambda: refine.predict_button.clicked.emit(), busy)
     for k, v in out.items():
+        why = v.pop("stalled_in", None) if isinstance(v, dict) else None
         print(f"{k:40s} {v}")
+        for frame, count in why or []:
+            print(f"      {count:4d} x 10 ms  {frame}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=1)
     for b in burners:
         b.terminate()
+    if args.why:
+        sampler.stop.set()
     viewer.close()
 
 

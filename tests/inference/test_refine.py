@@ -229,3 +229,37 @@ def test_set_threshold_rethresholds_the_last_iteration_without_running_the_model
     np.testing.assert_array_equal(ref.current_mask, painted)
     with pytest.raises(InputError, match="threshold"):
         ref.set_threshold(1.0)
+
+
+def test_focus_limits_a_step_after_a_correction_to_the_box_around_it(standin):
+    """FANetRefiner(focus=m): the step right after a correction changes only the box around the
+    new paint widened by m pixels (FocalClick's local refinement); later steps without a new
+    correction run over the whole image again. The stand-in grows the fed mask one pixel per
+    step along bright lines, so where it may grow is known by hand."""
+    img = np.zeros((H, W), np.float32)
+    img[2, 1:13] = img[11, 1:13] = 1.0  # two lines, far apart
+    seed = np.zeros((H, W), bool)
+    seed[2, 1] = seed[11, 1] = True
+    runs = {}
+    for focus in (None, 2):
+        ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu", pin_edits=True, focus=focus)
+        ref.step()  # no correction yet: both lines grow, focus or not
+        assert ref.history[-1].focus is None and ref.history[-1].mask[[2, 11], 2].all()
+        painted = ref.current_mask
+        painted[11, 7] = True  # a click on the lower line
+        ref.set_mask(painted)
+        runs[focus] = r = ref.step()
+        if focus is None:
+            assert r.mask[2, 3] and r.mask[11, 3]  # everything grew
+        else:
+            assert r.focus == (slice(9, 14), slice(5, 10))
+            changed = r.mask != r.input_mask
+            outside = np.ones((H, W), bool)
+            outside[r.focus] = False
+            assert not changed[outside].any()  # the upper line and the far end of the lower one kept
+            assert r.mask[11, 6] and r.mask[11, 8]  # the click grew inside the box
+            assert not r.mask[2, 3] and not r.mask[11, 3]
+            assert ref.set_threshold(0.9) is False or not (r.mask != ref.history[-1].mask)[outside].any()
+            assert ref.step().focus is None and ref.history[-1].mask[2, 3]  # no new correction: whole image
+    with pytest.raises(InputError, match="focus"):
+        FANetRefiner(standin("fanet"), img, init=seed, device="cpu", focus=-1)

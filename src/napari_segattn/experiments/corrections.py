@@ -36,18 +36,20 @@ VARIANTS = {
     # lower Dice before any correction (DSB seed 0: 0.926 vs 0.938) and needed more corrections;
     # with MixPool from scratch it learned to grow whatever it was fed (all-ones in -> all-ones out).
     "correction-aware": ({"mask_input": True, "edit_input": True},
-                         {"feedback": "corrections", "correction_prob": 0.5, "lr_scale": 0.1, "epoch_scale": 0.5}),
+                         {"feedback": "corrections", "correction_prob": 0.5}),
 }
-METHODS = ("paint only", *VARIANTS)
 # EM: full resolution, trained on 256x256 tiles, tested on the 3 held-out 512x512 slices.
 # DSB: the one 512x512 image in a 4x4 grid of 128x128 tiles, 10 train / 2 val / 4 held-out test.
 SCALE = {
     "smoke": dict(width=4, rounds=2, epochs=1, em_train=1, em_tile=256, em_test_crop=128, dsb_epochs=1,
-                  brush=20, datasets=("em", "dsb")),
+                  brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
+                  focus=None),
     "reduced": dict(width=16, rounds=10, epochs=8, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=60,
-                    brush=20, datasets=("em", "dsb")),
+                    brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
+                  focus=None),
     "full": dict(width=32, rounds=20, epochs=200, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=500,
-                 brush=20, datasets=("em", "dsb")),
+                 brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
+                  focus=None),
 }
 TABLES = {"per_round.csv": ("dataset", "method", "round"), "table.csv": ("dataset", "method")}
 TARGETS = (0.90, 0.95)
@@ -86,10 +88,20 @@ def _dsb(root: Path, p: dict):
     return pick(train_idx), pick(val_idx), test, p["dsb_epochs"]
 
 
+def _methods(focus: int | None) -> dict[str, tuple[str | None, int | None]]:
+    """method name -> (model variant or None for paint only, the refiner's focus margin). With a
+    focus, the models also run on the whole image, as references."""
+    out = {"paint only": (None, None), **{v: (v, focus) for v in VARIANTS}}
+    if focus is not None:
+        out.update({f"{v} (whole image)": (v, None) for v in VARIANTS})
+    return out
+
+
 def correction_rounds(model, image: np.ndarray, truth: np.ndarray, rounds: int, *, brush: int | None = 20,
-                      start: np.ndarray | None = None):
+                      start: np.ndarray | None = None, focus: int | None = None):
     """One simulated user on one image: per round ``k`` the Dice, the pixels painted so far and
-    the gain outside the paint. ``model=None``: paint only, starting from ``start``."""
+    the gain outside the paint. ``model=None``: paint only, starting from ``start``. ``focus``:
+    each step changes only the box around the new paint, widened by this many pixels."""
     from ..inference import FANetRefiner
     from ..metrics import binary_metrics
 
@@ -99,7 +111,7 @@ def correction_rounds(model, image: np.ndarray, truth: np.ndarray, rounds: int, 
         mask = np.asarray(start, bool)
         refiner = None
     else:
-        refiner = FANetRefiner(model, image, channel_axis=0, device="auto", pin_edits=True)
+        refiner = FANetRefiner(model, image, channel_axis=0, device="auto", pin_edits=True, focus=focus)
         mask = refiner.step().mask
     rows = [{"round": 0, "dice": dice(mask), "painted": 0, "gain_outside": 0.0}]
     painted_total = np.zeros(truth.shape, bool)
@@ -121,10 +133,11 @@ def _noc(dices: list[float], target: float) -> int:
 
 
 def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", seed: int | None = None,
-        epochs: int | None = None, log=print) -> dict:
+        epochs: int | None = None, log=print, sizes: dict | None = None, name: str = NAME) -> dict:
+    """``sizes``: another scale table of the same keys (``corrections_clicks.SCALE``)."""
     from ..training import build_augmenter, recipe_for
 
-    p = common.scale_params(SCALE, scale, None)  # --epochs overrides both data sets' counts below
+    p = common.scale_params(sizes or SCALE, scale, None)  # --epochs overrides both data sets' counts below
     seed = 0 if seed is None else int(seed)
     out = Path(out)
     norm = Normalization("zscore", per="image")
@@ -140,39 +153,39 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
         train_ds = common.make_dataset(tr_i, tr_l, range(len(tr_i)), [f"t{k}" for k in range(len(tr_i))], norm,
                                        augmenter=build_augmenter(base), seed=seed)
         val_ds = common.make_dataset(va_i, va_l, range(len(va_i)), [f"v{k}" for k in range(len(va_i))], norm)
-        log(f"{NAME}/{dname}: {len(train_ds)} train / {len(val_ds)} val tiles, {len(test)} held-out test images "
+        log(f"{name}/{dname}: {len(train_ds)} train / {len(val_ds)} val tiles, {len(test)} held-out test images "
             f"{test[0][1].shape[-2:]}, width {p['width']}, {n_epochs} epochs, seed {seed}")
         models = {}
         for variant, (model_kw, cfg_kw) in VARIANTS.items():
-            start, cfg_kw = None, dict(cfg_kw)
-            lr_scale, epoch_scale = cfg_kw.pop("lr_scale", None), cfg_kw.pop("epoch_scale", None)
+            start = None
             cfg = dataclasses.replace(base, **cfg_kw)
             if variant == "correction-aware":  # fine-tuned from the released model (see VARIANTS)
                 from ..models.fanet import with_feedback_inputs
 
                 start = with_feedback_inputs(models["released"], **model_kw)
-                cfg = dataclasses.replace(cfg, lr=base.lr * lr_scale, epochs=max(1, round(n_epochs * epoch_scale)))
+                cfg = dataclasses.replace(cfg, lr=base.lr * p["ca_lr_scale"],
+                                          epochs=max(1, round(n_epochs * p["ca_epoch_scale"])),
+                                          correction_radius=tuple(p["train_radius"]))
             res = common.train("fanet", {"in_channels": 1, "out_channels": 1, "width": p["width"], **model_kw},
                                train_ds, val_ds, cfg, log, model=start)
             models[variant] = res.model
             seconds[f"{dname}/{variant}"] = res.seconds
             best_epoch[f"{dname}/{variant}"] = res.best_epoch
-        curves: dict[str, list[list[dict]]] = {m: [] for m in METHODS}
-        for name, image, truth in test:
-            released = correction_rounds(models["released"], image, truth, p["rounds"], brush=p["brush"])
-            for method in METHODS:
-                if method == "released":
-                    rows = released
-                elif method == "paint only":
+        methods = _methods(p["focus"])
+        curves: dict[str, list[list[dict]]] = {m: [] for m in methods}
+        for image_name, image, truth in test:
+            for method, (variant, focus) in methods.items():
+                if variant is None:  # paint only, on the released model's first prediction
                     from ..inference import FANetRefiner
 
                     start = FANetRefiner(models["released"], image, channel_axis=0, device="auto").step().mask
                     rows = correction_rounds(None, image, truth, p["rounds"], brush=p["brush"], start=start)
                 else:
-                    rows = correction_rounds(models[method], image, truth, p["rounds"], brush=p["brush"])
+                    rows = correction_rounds(models[variant], image, truth, p["rounds"], brush=p["brush"],
+                                             focus=focus)
                 curves[method].append(rows)
                 for r in rows:
-                    per_image.append({"dataset": dname, "method": method, "image": name, **r})
+                    per_image.append({"dataset": dname, "method": method, "image": image_name, **r})
         for method, runs in curves.items():
             for k in range(p["rounds"] + 1):
                 per_round.append({"dataset": dname, "method": method, "round": k,
@@ -192,11 +205,14 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     rounds = list(range(p["rounds"] + 1))
     for dname in p["datasets"]:
         common.plot(out / f"dice_vs_corrections_{dname}.png", "line",
-                    {m: [r["dice"] for r in per_round if r["dataset"] == dname and r["method"] == m] for m in METHODS},
+                    {m: [r["dice"] for r in per_round if r["dataset"] == dname and r["method"] == m]
+                     for m in _methods(p["focus"])},
                     rounds, title=f"Simulated user on {dname}: Dice after k corrections", xlabel="corrections k",
                     ylabel="Dice")
-    result = {"study": NAME, "scale": scale, "seed": seed, "epochs": epochs or p["epochs"],
+    result = {"study": name, "scale": scale, "seed": seed, "epochs": epochs or p["epochs"],
               "dsb_epochs": epochs or p["dsb_epochs"], "width": p["width"], "rounds": p["rounds"], "brush": p["brush"],
+              "train_radius": list(p["train_radius"]),
+              "focus": p["focus"], "ca_lr_scale": p["ca_lr_scale"], "ca_epoch_scale": p["ca_epoch_scale"],
               "train_seconds": seconds, "best_epoch": best_epoch, "table": table, "per_round": per_round}
     common.write_json(out / "results.json", result)
     return result

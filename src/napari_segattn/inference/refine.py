@@ -15,7 +15,10 @@ User corrections (not in the paper): :meth:`set_mask` records which pixels the u
 (the *edit*). With ``pin_edits=True`` those pixels keep their painted value in every later
 iteration (the model's output is overridden there, and so is the mask fed back), so a
 correction is never silently overwritten; each result reports how many pixels changed outside
-the edit, i.e. how far the model propagated it.
+the edit, i.e. how far the model propagated it. With ``focus=m``, a step right after a
+correction changes only the box around what was just painted, widened by ``m`` pixels
+(FocalClick's local refinement, Chen et al. CVPR 2022): the rest of the mask stays as the user
+last saw it instead of drifting wherever the model re-predicts differently.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class IterationResult:
     edit: np.ndarray | None = None  # bool: pixels the user painted so far (None: no edit yet)
     pinned: int = 0  # pixels where the model disagreed with the painting and the paint was kept
     changed_outside_edit: int | None = None  # pixels outside ``edit`` where mask != input_mask
+    focus: tuple[slice, ...] | None = None  # the box this step was limited to (``FANetRefiner(focus=)``)
 
     @property
     def changed_pixels(self) -> int:
@@ -99,9 +103,11 @@ class FANetRefiner:
         overlap: float = DEFAULT_OVERLAP,
         memory_budget: int | str | None = None,
         squeeze: str = "window",
+        focus: int | None = None,
     ) -> None:
         self.model = model
         self.pin_edits = pin_edits
+        self.focus = None if focus is None else check_int(focus, "focus", minimum=0)
         self.traits = model_traits(model)
         if not self.traits.takes_mask:
             raise InputError(f"model {self.traits.name!r} takes no feedback mask; the refiner is for FANet-style models")
@@ -145,6 +151,7 @@ class FANetRefiner:
         """Forget which pixels the user painted (they are no longer pinned)."""
         self._edit = np.zeros(self.layout.spatial_shape, bool)
         self._painted = np.zeros(self.layout.spatial_shape, bool)
+        self._fresh = np.zeros(self.layout.spatial_shape, bool)  # painted since the last step
 
     @property
     def edit_mask(self) -> np.ndarray:
@@ -177,6 +184,7 @@ class FANetRefiner:
         new = mask > 0 if mask.dtype != bool else mask.copy()
         changed = new != self._next_mask
         self._edit |= changed
+        self._fresh |= changed
         self._painted[changed] = new[changed]
         self._next_mask = new
         self._edited = True
@@ -215,7 +223,8 @@ class FANetRefiner:
                                     batch_size=self.batch_size, cancel=cancel, **self.tiling)[:, 0]
         check_finite_output(probs, self.traits.name)
         p = self.layout.spatial_from_stack(probs)
-        mask, pinned = self._mask_of(p, has_edit)
+        focus = self._focus_box() if self._edited else None
+        mask, pinned = self._mask_of(p, has_edit, fed, focus)
         res = IterationResult(
             index=len(self.history),
             input_mask=fed,
@@ -228,15 +237,30 @@ class FANetRefiner:
             edit=self._edit.copy() if has_edit else None,
             pinned=pinned,
             changed_outside_edit=int(np.count_nonzero((mask != fed) & ~self._edit)) if has_edit else None,
+            focus=focus,
         )
         self.history.append(res)
         self._next_mask = mask
         self._edited = False
+        self._fresh[:] = False
         return res
 
-    def _mask_of(self, p: np.ndarray, has_edit: bool) -> tuple[np.ndarray, int]:
-        """``p > threshold``, with the painted pixels kept when pinned; and how many the model disagreed with."""
+    def _focus_box(self) -> tuple[slice, ...] | None:
+        """The bounding box of the pixels painted since the last step, widened by ``focus``."""
+        if self.focus is None or not self._fresh.any():
+            return None
+        idx = np.nonzero(self._fresh)
+        return tuple(slice(max(0, int(i.min()) - self.focus), int(i.max()) + 1 + self.focus) for i in idx)
+
+    def _mask_of(self, p: np.ndarray, has_edit: bool, fed: np.ndarray,
+                 focus: tuple[slice, ...] | None = None) -> tuple[np.ndarray, int]:
+        """``p > threshold``, with the painted pixels kept when pinned and ``fed`` kept outside the
+        ``focus`` box; and how many pixels the model disagreed with the painting."""
         mask = binarize(p, self.threshold)
+        if focus is not None:
+            inside = np.zeros(mask.shape, bool)
+            inside[focus] = True
+            mask = np.where(inside, mask, fed)
         pinned = 0
         if self.pin_edits and has_edit:
             pinned = int(np.count_nonzero(mask[self._edit] != self._painted[self._edit]))
@@ -253,7 +277,7 @@ class FANetRefiner:
         if not self.history or self._edited:
             return False
         last = self.history[-1]
-        mask, pinned = self._mask_of(last.probabilities, last.edit is not None)
+        mask, pinned = self._mask_of(last.probabilities, last.edit is not None, last.input_mask, last.focus)
         if np.array_equal(mask, last.mask):
             return False
         fed = last.input_mask

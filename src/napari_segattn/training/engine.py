@@ -396,7 +396,8 @@ class Trainer:
             """Paint some samples (recorded in edit/painted) and encode the feedback."""
             m = m.copy()
             for b in np.flatnonzero(rng.random(len(m)) < p):
-                m[b], region = simulate_correction(m[b], truth[b], rng, return_region=True)
+                m[b], region = simulate_correction(m[b], truth[b], rng, radius=self.config.correction_radius,
+                                                   return_region=True)
                 edit[b] |= region
                 painted[b][region] = truth[b][region]
             m = np.where(edit, painted, m)

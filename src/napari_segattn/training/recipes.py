@@ -53,6 +53,10 @@ class TrainConfig:
     # data/corrections.py).
     feedback: str = "released"
     correction_prob: float = 0.5
+    # the simulated user's brush radius in pixels, drawn per correction from [lo, hi]; None paints
+    # whole error components. Match it to how a user will correct: (8, 48) for strokes, a few
+    # pixels for click-like corrections on small objects (experiments/corrections.py, DSB clicks).
+    correction_radius: tuple[int, int] | None = (8, 48)
     # model selection for model.safetensors: val_loss (min) or dice (max; FU-net: class 1)
     select_on: str = "val_loss"
     select_class: int | None = None
@@ -72,6 +76,12 @@ class TrainConfig:
         object.__setattr__(self, "betas", tuple(self.betas))
         if self.milestones is not None:
             object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if self.correction_radius is not None:
+            lo, hi = (int(r) for r in self.correction_radius)
+            if not 1 <= lo <= hi:
+                raise ValueError(f"TrainConfig.correction_radius={self.correction_radius!r}; use (lo, hi) with "
+                                 "1 <= lo <= hi, or None for whole error components")
+            object.__setattr__(self, "correction_radius", (lo, hi))
         checks = {
             "optimizer": ("adam", "adamw"),
             "scheduler": ("none", "multistep", "plateau"),
@@ -117,6 +127,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         d["milestones"] = None if self.milestones is None else list(self.milestones)
+        d["correction_radius"] = None if self.correction_radius is None else list(self.correction_radius)
         return d
 
     @classmethod

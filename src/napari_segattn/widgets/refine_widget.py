@@ -13,7 +13,8 @@ from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, attach_ground_truth, gather_input, scope_of, scope_picker
 from .docking import dock_as_tab
-from .layers import label_colormap, label_stack_axis, layer_kind, place_slice, upsert_layer, wrapped_label
+from .layers import (label_colormap, label_stack_axis, layer_kind, place_slice, prepare_layers, upsert_layer,
+                     wrapped_label)
 from .plot import LivePlot
 from .state import get_state
 from .workers import ProgressLine, run_in_worker
@@ -37,6 +38,12 @@ PROBABILITY_DISPLAY = dict(colormap="inferno", blending="additive", opacity=0.5,
 REFINEMENT_DISPLAY = dict(opacity=0.9, contour=2)
 FEEDBACK_DISPLAY = dict(opacity=0.4)
 INSTANCES_LAYER = "instances"
+
+
+def _is_binary(model) -> bool:
+    from ..inference.traits import model_traits
+
+    return model_traits(model).binary
 
 
 def _refine_job(build, max_iters, tol, cancel):
@@ -319,8 +326,15 @@ class PredictRefineWidget(Container):
             iter_predict, loaded.model, inp.image, **self._core_layout(inp), batch_size=int(self.batch_size.value),
             device=self.state.device, amp=self._amp(), mask=mask, threshold=float(self.threshold.value),
             cancel=self._cancel.is_set, on_return=lambda pred: self._show_prediction(inp, pred), desc="predict", total=0,
-            on_yield=self._progress_shower("predicting"),
+            on_yield=self._progress_shower("predicting"), layers=self._prediction_layer_specs(inp),
         ) if n else None
+
+    def _prediction_layer_specs(self, inp) -> list:
+        geom = {"scale": inp.scale, "translate": inp.translate}
+        specs = [("labels", "prediction", inp.layer_shape, np.uint8, {"opacity": 0.5, **geom})]
+        if self.show_probs.value and self.state.loaded is not None and _is_binary(self.state.loaded.model):
+            specs.append(("image", "probability", inp.layer_shape, np.float32, {**PROBABILITY_DISPLAY, **geom}))
+        return specs
 
     def _progress_shower(self, what: str):
         """A yield handler writing count, elapsed time and ETA to the status line."""
@@ -372,8 +386,13 @@ class PredictRefineWidget(Container):
             self.objects.value = "instance labels need a mask in memory (not a lazy zarr prediction)"
         return res
 
-    def _start(self, func, *args, on_return=None, desc="working", total=0, on_yield=None, **kwargs):
+    def _start(self, func, *args, on_return=None, desc="working", total=0, on_yield=None, layers=(), **kwargs):
+        """Run ``func`` in a worker; ``layers``: specs of the result layers to create meanwhile
+        (``layers.prepare_layers``), dropped again if the job ends without filling them."""
+        discard = prepare_layers(self.viewer, layers)
+
         def finish():
+            discard()
             self.state.busy = False
             self._worker = None
 
@@ -503,7 +522,21 @@ class PredictRefineWidget(Container):
                 self._show_history()
 
         return self._start(_refine_job, plan, max_iters, tol, self._cancel.is_set, on_yield=on_yield,
-                           desc="FANet refinement", total=max_iters + (0 if isinstance(plan, FANetRefiner) else 1))
+                           desc="FANet refinement", total=max_iters + (0 if isinstance(plan, FANetRefiner) else 1),
+                           layers=self._refinement_layer_specs(inp))
+
+    def _refinement_layer_specs(self, inp) -> list:
+        """The layers ``_show_history`` draws (the probability stack only when shown)."""
+        mask_shape = (inp.image.shape[0], *inp.spatial) if inp.is_volume else inp.spatial
+        specs = [("labels", REFINEMENT_LAYER, (1, *mask_shape), np.uint8,
+                  {**REFINEMENT_DISPLAY, "colormap": label_colormap(REFINEMENT_COLORS),
+                   "metadata": {"iteration_axis": 0}, **self._spatial_geometry(inp, leading=1)}),
+                 ("labels", self._feedback_layer_name(), mask_shape, np.uint8,
+                  {**FEEDBACK_DISPLAY, "colormap": label_colormap(FEEDBACK_COLORS), **self._spatial_geometry(inp)})]
+        if self.show_probs.value:
+            specs.append(("image", "refinement probability", (1, *mask_shape), np.float32,
+                          {**PROBABILITY_DISPLAY, **self._spatial_geometry(inp, leading=1)}))
+        return specs
 
     def reset(self, *_):
         """Forget the refinement: the next Step starts from the initial mask of the inputs chosen then."""

@@ -86,5 +86,8 @@ def get_state(viewer) -> SegAttnState:
     """The state shared by every widget docked in ``viewer``."""
     state = _STATES.get(viewer)
     if state is None:
+        from .warmup import start_warm_up
+
         state = _STATES[viewer] = SegAttnState()
+        start_warm_up()  # a plugin session begins: the one-off imports now, off the GUI thread
     return state

@@ -18,6 +18,7 @@ from .docking import dock_as_tab
 from .layers import wrapped_label
 from .settings import plugin_defaults, remember_model
 from .state import get_state
+from .warmup import wait_for_warm_up
 from .workers import run_in_worker
 
 __all__ = ["TrainWidget"]
@@ -36,35 +37,6 @@ def _leave_a_core_for_the_viewer(run):
         return (yield from run())
     finally:
         torch.set_num_threads(before)
-
-
-_WARM_UP = None  # the thread that builds the first optimiser, started once a model exists
-
-
-def _warm_up_torch_optim() -> None:
-    """Build a throw-away optimiser once, in a background thread.
-
-    The first optimiser in a process imports torch's compiler stack (~1.6 s here). Done at
-    docking time it made the widget take seconds to appear; done inside the training worker
-    right after Train it froze the viewer; done in the background once a model is loaded it
-    is ready (or nearly) by the time the user presses Train, and the job waits for it.
-    """
-    global _WARM_UP
-    if _WARM_UP is None:
-        import threading
-
-        def warm():
-            import torch
-
-            torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-
-        _WARM_UP = threading.Thread(target=warm, name="segattn-optim-warm-up", daemon=True)
-        _WARM_UP.start()
-
-
-def _wait_for_warm_up() -> None:
-    _warm_up_torch_optim()
-    _WARM_UP.join()
 
 
 class TrainWidget(Container):
@@ -113,7 +85,6 @@ class TrainWidget(Container):
             self.recipe.value = "(no model)"
             self._fields_from = None
             return
-        _warm_up_torch_optim()
         if loaded is not getattr(self, "_fields_from", None):
             # a new model: its recipe's batch size; the same model with new weights (our own run
             # finished): the user's settings stay
@@ -212,7 +183,7 @@ class TrainWidget(Container):
         """Runs in the worker thread: data set building is slow enough to stall the viewer."""
         from ..training import Trainer
 
-        _wait_for_warm_up()
+        wait_for_warm_up()  # the first optimiser's imports (widgets/warmup.py)
         train_ds, val_ds, norm = self.build_datasets(inp, config)
         yield from ()  # a generator even if cancelled before the trainer exists
         loaded = self.state.loaded

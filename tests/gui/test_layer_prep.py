@@ -1,0 +1,131 @@
+"""Result layers are created while the worker computes them, one per event-loop turn, and filled
+in place (widgets/layers.prepare_layers); the one-off imports run after docking
+(widgets/warmup.py). Measured before: the first Step with the demo FANet on the 512² sample
+stalled the viewer 364-1053 ms (three layers and a new dims axis created in one callback), the
+first Predict 298-907 ms (napari's first labels layer importing pandas; the optimiser warm-up's
+torch._dynamo import racing it)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def _pump(until, timeout_s=60.0):
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + timeout_s
+    while not until() and time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.002)
+    assert until(), "timed out"
+
+
+def test_placeholders_are_filled_in_place_and_unfilled_ones_dropped(make_napari_viewer):
+    from napari_segattn.widgets.layers import prepare_layers, upsert_layer
+
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.ones((8, 8), np.uint8), name="mine")  # a user's layer of a result's name
+    specs = [("labels", "result", (8, 8), np.uint8, {"opacity": 0.4}),
+             ("image", "never filled", (2, 8, 8), np.float32, {"colormap": "inferno"}),
+             ("labels", "mine", (8, 8), np.uint8, {})]
+    discard = prepare_layers(viewer, specs)
+    assert "result" not in viewer.layers  # nothing on the GUI thread before the event loop turns
+    _pump(lambda: "result" in viewer.layers and "never filled" in viewer.layers)
+    placeholder = viewer.layers["result"]
+    assert placeholder.metadata["placeholder"] and placeholder.opacity == pytest.approx(0.4)
+    assert not placeholder.data.any() and viewer.layers["never filled"].data.shape == (2, 8, 8)
+    filled = upsert_layer(viewer, "labels", np.eye(8, dtype=np.uint8), "result", opacity=0.4)
+    assert filled is placeholder and "placeholder" not in filled.metadata
+    discard()
+    assert "never filled" not in viewer.layers  # the job ended without it: nothing left behind
+    assert viewer.layers["result"] is filled and viewer.layers["mine"].data.all()  # user's layer untouched
+    assert [l.name for l in viewer.layers] == ["mine", "result"]
+
+
+def test_a_cancelled_first_step_leaves_no_layers(make_napari_viewer, qtbot):
+    import json
+
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.random((96, 96)).astype(np.float32), name="cells")
+    _, mw = viewer.window.add_plugin_dock_widget("napari-segattn", "Model")
+    _, rw = viewer.window.add_plugin_dock_widget("napari-segattn", "Predict and refine")
+    state = get_state(viewer)
+    mw.arch.value = "fanet"
+    mw.arch_options.value = json.dumps({"in_channels": 1})
+    mw.build_button.clicked.emit()
+    qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
+    before = [l.name for l in viewer.layers]
+    rw.step_button.clicked.emit()
+    _pump(lambda: len(viewer.layers) > len(before))  # a placeholder appeared while it runs
+    rw.cancel_button.clicked.emit()
+    qtbot.waitUntil(lambda: not state.busy, timeout=60_000)
+    _pump(lambda: True)
+    # the refiner may have been built before Cancel (its initial mask is then shown); either way
+    # no placeholder is left
+    assert not any(l.metadata.get("placeholder") for l in viewer.layers)
+    if state.refiner is None:
+        assert [l.name for l in viewer.layers] == before
+
+
+class _Meter:
+    def __init__(self):
+        from qtpy.QtCore import QTimer
+
+        self.gaps, self._last = [], time.perf_counter()
+        self.timer = QTimer()
+        self.timer.timeout.connect(self._tick)
+
+    def _tick(self):
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def measure(self, start, busy) -> float:
+        from qtpy.QtWidgets import QApplication
+
+        self.gaps, self._last = [], time.perf_counter()
+        self.timer.start(10)
+        start()
+        _pump(lambda: not busy(), timeout_s=120)
+        for _ in range(20):
+            QApplication.processEvents()
+            time.sleep(0.005)
+        self.timer.stop()
+        return max(self.gaps[1:] or [0.0])
+
+
+def test_first_predict_and_step_with_the_demo_model_keep_the_viewer_responsive(make_napari_viewer, qtbot):
+    """The real model at the real size: demo FANet, the 512² DSB sample, docked from the menu."""
+    from napari_segattn.widgets.demo import demo_checkpoint_path
+    from napari_segattn.widgets.state import get_state
+    from napari_segattn.widgets.warmup import wait_for_warm_up
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("napari-segattn", "dsb2018_nuclei")
+    _, mw = viewer.window.add_plugin_dock_widget("napari-segattn", "Model")
+    _, rw = viewer.window.add_plugin_dock_widget("napari-segattn", "Predict and refine")
+    state = get_state(viewer)
+    assert wait_for_warm_up(timeout=120)  # the seconds a user spends choosing a model
+    mw.ckpt.value = str(demo_checkpoint_path())
+    mw.load_button.clicked.emit()
+    qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
+    meter = _Meter()
+    busy = lambda: state.busy  # noqa: E731
+    predict = meter.measure(lambda: rw.predict_button.clicked.emit(), busy)
+    first_step = meter.measure(lambda: rw.step_button.clicked.emit(), busy)
+    later_step = meter.measure(lambda: rw.step_button.clicked.emit(), busy)
+    print(f"longest stall: first Predict {predict * 1000:.0f} ms, first Step {first_step * 1000:.0f} ms, "
+          f"second Step {later_step * 1000:.0f} ms")
+    assert viewer.layers["refinement (0 = initial mask)"].data.shape == (3, 512, 512)
+    assert not any(l.metadata.get("placeholder") for l in viewer.layers)
+    # before: 298-907 ms and 364-1053 ms on this 2-core machine; target < 200 ms, asserted with
+    # headroom for a slower CI machine
+    assert predict < 0.3 and first_step < 0.3 and later_step < 0.3
