@@ -23,8 +23,9 @@ def add_tiling(p) -> None:
     p.add_argument("--memory-budget", default=None, metavar="BYTES",
                    help="activation memory one forward pass may use, e.g. 800M, 4G (default 1G)")
     p.add_argument("--squeeze", choices=["window", "slice"], default="window",
-                   help="tiled FANet: squeeze-and-excitation statistics of each window (default, fast) or of the "
-                        "whole slice (agrees with whole-slice inference, Dice >= 0.999; ~3-5x the windows' cost)")
+                   help="tiled FANet / PAM U-Nets: SE and InstanceNorm statistics of each window (default, fast) "
+                        "or of the whole slice (closer to whole-slice inference: FANet Dice >= 0.999; "
+                        "~3-10x the windows' cost)")
 
 
 def tiling_args(args) -> dict:
