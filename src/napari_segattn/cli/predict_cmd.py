@@ -270,9 +270,6 @@ class _Iter:
 
 def _run_zarr(args, model, traits, f, data, c, s, tiling) -> int:
     """``--out X.zarr``: block by block into the store, resumable, optionally on a dask cluster."""
-    if tiling.pop("squeeze") != "window":
-        raise CLIError("--squeeze slice is for in-memory outputs (.tif/.nii.gz); zarr output blends each block "
-                       "from windows with their own squeeze statistics")
     from ..inference.chunked import predict_to_zarr
     from .progress import ProgressBar
 
