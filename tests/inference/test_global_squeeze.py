@@ -219,3 +219,10 @@ def test_a_model_without_statistics_runs_no_extra_pass(standin):
             h.remove()
         counts[mode] = len(n)
     assert counts["slice"] == counts["window"] > 0
+
+
+def test_instance_norm_with_running_statistics_is_left_alone():
+    """In eval an InstanceNorm2d(track_running_stats=True) uses its running statistics: no window
+    dependence, nothing to measure."""
+    net = torch.nn.Sequential(torch.nn.InstanceNorm2d(3, track_running_stats=True), torch.nn.InstanceNorm2d(3))
+    assert stat_layers(net) == [net[1]]

@@ -9,9 +9,11 @@ order: pass k runs every window up to layer k (the layers before it already fixe
 slice-wide statistics) and accumulates its input over the part of each window that window
 *owns* (overlaps split at their midpoint, so each pixel counts once). Then the windows run with
 all layers fixed. Cost: one partial forward of every window per layer (FANet: 8 SE layers,
-about 4 extra full passes; the PAM U-Net: 14 InstanceNorms, about 7). A model with neither
-kind costs nothing. MONAI's sliding window has no notion of this (its predictor sees one
-window at a time).
+about 4 extra full passes; the PAM unet: 16 InstanceNorms, about ten times the windows' time).
+A model with neither kind costs nothing. MONAI's sliding window has no notion of this (its
+predictor sees one window at a time). What stays different for the PAM U-Nets is their
+decoder's ``align_corners=True`` upsampling, which depends on the map's size
+(docs/large-images.md).
 
 One measurement loop serves both kinds; :class:`_Kind` says per kind which moments to
 accumulate and how to apply them.
@@ -80,9 +82,10 @@ def _kind(layer) -> _Kind:
 
 
 def stat_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The layers whose output depends on statistics of their whole input (SE, InstanceNorm2d)."""
+    """The layers whose output depends on statistics of their whole input (SE, InstanceNorm2d;
+    not an InstanceNorm with running statistics, which uses those in eval)."""
     kinds = tuple(_kinds())
-    return [m for m in model.modules() if isinstance(m, kinds)]
+    return [m for m in model.modules() if isinstance(m, kinds) and not getattr(m, "track_running_stats", False)]
 
 
 def squeeze_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
