@@ -30,6 +30,32 @@ def test_blocks_equal_in_memory_tiled_predict(tmp_path):
     np.testing.assert_array_equal(g["labels"][:].astype(bool), ref.labels)
 
 
+def test_slice_statistics_blocks_equal_in_memory_predict(tmp_path, monkeypatch):
+    """squeeze='slice': each slice's InstanceNorm statistics are measured once and every block
+    of it uses them, so the store equals in-memory predict(squeeze='slice') (a 2-slice volume,
+    4 blocks a slice); with per-window statistics it is far from it. The job is pickled on its
+    way to the blocks, as for a dask worker: the statistics find their layers in the copy."""
+    import pickle
+
+    from test_global_squeeze import _image, _local_in
+
+    from napari_segattn.inference import chunked
+
+    run_blocks = chunked._run_blocks
+    monkeypatch.setattr(chunked, "_run_blocks", lambda job, *a: run_blocks(pickle.loads(pickle.dumps(job)), *a))
+    m = _local_in()
+    vol = np.stack([_image((96, 120), 0), 2 * _image((96, 120), 1) - 1])
+    kw = dict(slice_axis=0, device="cpu", tile=48, overlap=0.5, amp=False)
+    ref = predict(m, vol, squeeze="slice", **kw)
+    res = predict_to_zarr(m, vol, tmp_path / "s.zarr", chunk=16, block=64, squeeze="slice", **kw)
+    assert res.blocks_total == 2 * 4
+    np.testing.assert_allclose(res.open()["probabilities"][:], ref.probabilities, atol=1e-6)
+    own = predict_to_zarr(m, vol, tmp_path / "w.zarr", chunk=16, block=64, **kw)
+    assert np.abs(own.open()["probabilities"][:] - ref.probabilities).max() > 0.05
+    with pytest.raises(InputError):  # the mode is in the fingerprint: no resume with the other one
+        predict_to_zarr(m, vol, tmp_path / "w.zarr", chunk=16, block=64, squeeze="slice", **kw)
+
+
 def test_volume_from_zarr_input_written_slice_by_slice(tmp_path):
     m = local()
     vol = blobs((3, 60, 70), seed=1)

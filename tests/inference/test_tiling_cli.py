@@ -154,10 +154,11 @@ def test_fanet_zarr_output_runs_the_iterations_of_the_tif_output(tmp_path, capsy
     np.testing.assert_array_equal(g["labels"][:], tifffile.imread(tmp_path / "l.tif"))
 
 
-def test_squeeze_slice_flag_reaches_the_refiner_and_is_refused_for_zarr(tmp_path, capsys):
-    """--squeeze slice: the tiled FANet run equals FANetRefiner(squeeze="slice") (1 iteration);
-    zarr output refuses it in one line."""
+def test_squeeze_slice_flag_reaches_the_refiner_and_the_zarr_store(tmp_path):
+    """--squeeze slice: the tiled FANet run equals FANetRefiner(squeeze="slice") (2 iterations),
+    and the zarr output (statistics measured once per slice and iteration) holds the same labels."""
     import torch
+    import zarr
 
     from napari_segattn.inference import FANetRefiner
     from napari_segattn.models import build_model
@@ -168,9 +169,12 @@ def test_squeeze_slice_flag_reaches_the_refiner_and_is_refused_for_zarr(tmp_path
     save_model(m, ck)
     img = blobs((64, 80))
     tifffile.imwrite(tmp_path / "img.tif", img)
-    flags = ["--tile", "32", "--overlap", "0.5", "--squeeze", "slice", "--iterations", "1", "--device", "cpu"]
+    flags = ["--tile", "32", "--overlap", "0.5", "--squeeze", "slice", "--iterations", "2", "--device", "cpu"]
     assert main(["predict", str(ck), str(tmp_path / "img.tif"), "--out", str(tmp_path / "l.tif"), *flags]) == 0
     ref = FANetRefiner(m.eval(), img, device="cpu", tile=32, overlap=0.5, squeeze="slice")
+    ref.step()
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "l.tif"), ref.step().mask.astype(np.uint8))
-    assert main(["predict", str(ck), str(tmp_path / "img.tif"), "--out", str(tmp_path / "l.zarr"), *flags]) == 2
-    assert "--squeeze slice is for in-memory outputs" in capsys.readouterr().err
+    assert main(["predict", str(ck), str(tmp_path / "img.tif"), "--out", str(tmp_path / "l.zarr"),
+                 "--chunk", "16", "--block", "32", *flags]) == 0
+    stored = zarr.open_group(str(tmp_path / "l.zarr"), mode="r")["labels"][:]
+    np.testing.assert_array_equal(stored, tifffile.imread(tmp_path / "l.tif"))

@@ -23,8 +23,9 @@ def add_tiling(p) -> None:
     p.add_argument("--memory-budget", default=None, metavar="BYTES",
                    help="activation memory one forward pass may use, e.g. 800M, 4G (default 1G)")
     p.add_argument("--squeeze", choices=["window", "slice"], default="window",
-                   help="tiled FANet: squeeze-and-excitation statistics of each window (default, fast) or of the "
-                        "whole slice (agrees with whole-slice inference, Dice >= 0.999; ~3-5x the windows' cost)")
+                   help="tiled FANet / PAM U-Nets: SE and InstanceNorm statistics of each window (default, fast) "
+                        "or of the whole slice (closer to whole-slice inference: FANet Dice >= 0.999; "
+                        "~3-10x the windows' cost)")
 
 
 def tiling_args(args) -> dict:
@@ -269,9 +270,6 @@ class _Iter:
 
 def _run_zarr(args, model, traits, f, data, c, s, tiling) -> int:
     """``--out X.zarr``: block by block into the store, resumable, optionally on a dask cluster."""
-    if tiling.pop("squeeze") != "window":
-        raise CLIError("--squeeze slice is for in-memory outputs (.tif/.nii.gz); zarr output blends each block "
-                       "from windows with their own squeeze statistics")
     from ..inference.chunked import predict_to_zarr
     from .progress import ProgressBar
 

@@ -4,7 +4,9 @@ The output is cut into *blocks* (a slice's in-plane region, a multiple of the st
 so no two blocks ever write the same chunk: blocks can run in any order, on threads or on
 the workers of a dask.distributed cluster, without locks. Each block is blended exactly from
 the windows of the slice's global window grid that touch it (``tiling.iter_blend_block``),
-so the store holds the same numbers as an in-memory tiled ``predict``.
+so the store holds the same numbers as an in-memory tiled ``predict``. With
+``squeeze="slice"`` the slice-wide SE / InstanceNorm statistics (``inference.global_squeeze``)
+are measured once per slice (and FANet iteration) before its blocks and travel with them.
 
 Store layout (a zarr group): ``labels`` (the image's spatial shape, uint8), optionally
 ``probabilities`` (``(K, *spatial)`` float32), ``done`` (one uint8 per block: the number of
@@ -91,6 +93,9 @@ class _Job:
     with_probabilities: bool
     iteration: int = 0  # FANet feedback iteration of this job (0: from the initial masks)
     iterations: int = 1
+    #: ``squeeze="slice"``: slice -> (indices into ``stat_layers(net)``, their statistics on the
+    #: host), measured once per slice and iteration before its blocks run (small vectors)
+    stats: dict | None = None
 
     @property
     def last(self) -> bool:
@@ -110,6 +115,56 @@ def _block_regions(hw: tuple[int, int], block: tuple[int, int]) -> list[tuple[sl
             for y in range(0, hw[0], block[0]) for x in range(0, hw[1], block[1])]
 
 
+def _readers(job: _Job, z: int):
+    """``(read, mread)`` of slice ``z``: its normalised windows and the feedback mask this
+    iteration starts from (None for models without one)."""
+    import zarr
+
+    read = lambda sy, sx: job.source.read(z, sy, sx)  # noqa: E731
+    mread = None
+    if job.masks is not None and job.iteration == 0:
+        mread = lambda sy, sx: job.masks[z][sy, sx]  # noqa: E731
+    elif job.masks is not None:  # the previous iteration's mask, as stored (see the module doc)
+        previous = zarr.open_group(job.path, mode="r")["feedback"]
+        mread = lambda sy, sx: previous[((job.iteration - 1) % 2, *job.spatial_index(z, sy, sx))] > 0  # noqa: E731
+    return read, mread
+
+
+def measure_slice_stats(job: _Job, slices, cancel=None) -> dict:
+    """``squeeze="slice"``: the SE / InstanceNorm statistics of each slice in ``slices`` for
+    this iteration (``inference.global_squeeze``), so every block of a slice uses the same ones
+    and blocks stay independent."""
+    import torch
+
+    from ..devices import resolve_device
+    from .global_squeeze import slice_stats, stat_layers
+    from .predict import _eval_on, use_channels_last
+
+    dev = resolve_device(job.device)
+    out = {}
+    with _eval_on(job.model, dev, use_channels_last(job.traits, dev), fold=True) as net:
+        index = {id(layer): i for i, layer in enumerate(stat_layers(net))}
+        for z in slices:
+            read, mread = _readers(job, z)
+            order, stats = slice_stats(net, read, mread, job.grid, getattr(job.model, "stride", 1),
+                                       max(1, job.batch_size), cancel)
+            out[z] = ([index[id(layer)] for layer in order], [s.to(torch.device("cpu")) for s in stats])
+    return out
+
+
+def _fixed_slice_stats(job: _Job, z: int, net, dev):
+    """The context in which ``net`` uses slice ``z``'s measured statistics (none: nothing)."""
+    import contextlib
+
+    if job.stats is None:
+        return contextlib.nullcontext()
+    from .global_squeeze import fixed_stats, stat_layers
+
+    indices, stats = job.stats[z]
+    layers = stat_layers(net)
+    return fixed_stats([layers[i] for i in indices], [s.to(dev) for s in stats])
+
+
 def run_block(job: _Job, z: int, b: int, region: tuple[slice, slice], cancel=None) -> Iterator[int]:
     """Compute one block, write it, mark it done; yields windows done, returns the count."""
     import torch
@@ -121,16 +176,10 @@ def run_block(job: _Job, z: int, b: int, region: tuple[slice, slice], cancel=Non
     torch.set_num_threads(max(1, torch.get_num_threads()))
     dev = resolve_device(job.device)
     grid = job.grid if job.grid is not None else make_grid(job.hw, job.hw, 0.0)
-    read = lambda sy, sx: job.source.read(z, sy, sx)  # noqa: E731
-    mread = None
-    if job.masks is not None and job.iteration == 0:
-        mread = lambda sy, sx: job.masks[z][sy, sx]  # noqa: E731
-    elif job.masks is not None:  # the previous iteration's mask, as stored (see the module doc)
-        previous = zarr.open_group(job.path, mode="r")["feedback"]
-        mread = lambda sy, sx: previous[((job.iteration - 1) % 2, *job.spatial_index(z, sy, sx))] > 0  # noqa: E731
+    read, mread = _readers(job, z)
     cl = use_channels_last(job.traits, dev)
     n = 0
-    with _eval_on(job.model, dev, cl, fold=True) as net:
+    with _eval_on(job.model, dev, cl, fold=True) as net, _fixed_slice_stats(job, z, net, dev):
         gen = iter_blend_block(model_forward(net, job.traits, dev, job.amp, cl), read, grid, job.k, region=region,
                                mask=mread, batch_size=job.batch_size, cancel=cancel)
         while True:
@@ -232,6 +281,7 @@ def iter_predict_to_zarr(
     client=None,
     source_name: str | None = None,
     iterations: int = 1,
+    squeeze: str = "window",
 ) -> Iterator[TileProgress]:
     """Generator: predict ``image`` (numpy, zarr or dask; read window by window) into the zarr
     store ``out``; yields :class:`TileProgress` (windows), *returns* a :class:`ZarrPrediction`.
@@ -241,7 +291,9 @@ def iter_predict_to_zarr(
     slice runs whole). ``client``: a ``dask.distributed.Client``; blocks then run as tasks on
     its workers (which must see ``out`` and the input) and this generator only reports.
     ``iterations``: FANet feedback iterations from the initial mask (the released test loop),
-    each over the whole image before the next.
+    each over the whole image before the next. ``squeeze="slice"``: tiled windows use the SE and
+    InstanceNorm statistics of the whole slice (as ``predict``), measured here once per slice and
+    iteration before its blocks run (not counted in the progress).
     """
     from ..devices import resolve_device
     from .masks import initial_masks
@@ -249,6 +301,8 @@ def iter_predict_to_zarr(
     from .traits import model_traits
 
     t0 = time.perf_counter()
+    if squeeze not in ("window", "slice"):
+        raise InputError(f"squeeze must be 'window' or 'slice', got {squeeze!r}")
     traits = model_traits(model)
     layout, source = prepare_source(traits, image, channel_axis=channel_axis, slice_axis=slice_axis)
     hw, n = source.hw, layout.n_slices
@@ -303,6 +357,9 @@ def iter_predict_to_zarr(
             "mask": mask if isinstance(mask, str) or mask is None else "array", "probabilities": probabilities}
     if iterations > 1:
         meta["iterations"] = iterations  # (absent for one pass: stores written before stay resumable)
+    slice_wide = squeeze == "slice" and window is not None  # whole slices have their own statistics
+    if slice_wide:
+        meta["squeeze"] = squeeze  # (absent by default, as iterations)
     path = Path(out)
     store = _open_store(path, _fingerprint(model, meta), meta, shapes, overwrite)
     done = np.asarray(store["done"][:])
@@ -317,8 +374,11 @@ def iter_predict_to_zarr(
     yield TileProgress(finished, total)
     for it in range(iterations):
         todo = [(z, b, r) for z in range(n) for b, r in enumerate(regions) if done[z, b] <= it]
-        for step in _run_blocks(dataclasses.replace(job, iteration=it, iterations=iterations), todo, windows_of,
-                                client, cancel):
+        job_it = dataclasses.replace(job, iteration=it, iterations=iterations)
+        if slice_wide and todo:
+            job_it = dataclasses.replace(job_it, stats=measure_slice_stats(job_it, sorted({z for z, _, _ in todo}),
+                                                                           cancel))
+        for step in _run_blocks(job_it, todo, windows_of, client, cancel):
             yield TileProgress(finished + step, total)
         step = sum(windows_of(r) for _, _, r in todo)
         finished += step

@@ -1,58 +1,138 @@
-"""Tiled inference with the whole slice's squeeze-and-excitation statistics.
+"""Tiled inference with the whole slice's normalisation statistics (SE squeezes, InstanceNorm).
 
-FANet's SE layers pool each channel over their *whole input* (``x.mean((2, 3))``), so a window
-sees other channel weights than the whole slice and tiled FANet disagrees with whole-slice
-FANet (demo model, DSB 512²: Dice 0.987-0.995, max |dp| 0.34-0.53). Here each SE layer's
-squeeze is first computed over the slice from the windows, in call order: pass k runs every
-window up to SE layer k (the layers before it already fixed to their slice-wide vectors) and
-averages its input over the part of each window that window *owns* (overlaps split at their
-midpoint, so each pixel counts once). Then the windows run with all SE layers fixed. Cost: one
-partial forward of every window per SE layer (FANet: 8 layers, about 4 extra full passes).
-MONAI's sliding window has no notion of this (its predictor sees one window at a time).
+Two kinds of layer pool over their *whole input*: FANet's squeeze-and-excitation
+(``x.mean((2, 3))``) and the PAM U-Nets' ``InstanceNorm2d`` (per-channel mean and variance).
+A window sees other statistics than the whole slice, so tiled inference disagrees with
+whole-slice inference (demo FANet, DSB 512²: Dice 0.987-0.995, max |dp| 0.34-0.53). Here
+each such layer's statistics are first computed over the slice from the windows, in call
+order: pass k runs every window up to layer k (the layers before it already fixed to their
+slice-wide statistics) and accumulates its input over the part of each window that window
+*owns* (overlaps split at their midpoint, so each pixel counts once). Then the windows run with
+all layers fixed. Cost: one partial forward of every window per layer (FANet: 8 SE layers,
+about 4 extra full passes; the PAM unet: 16 InstanceNorms, about ten times the windows' time).
+A model with neither kind costs nothing. MONAI's sliding window has no notion of this (its
+predictor sees one window at a time). What stays different for the PAM U-Nets is their
+decoder's ``align_corners=True`` upsampling, which depends on the map's size
+(docs/large-images.md).
+
+One measurement loop serves both kinds; :class:`_Kind` says per kind which moments to
+accumulate and how to apply them.
 """
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
-__all__ = ["squeeze_layers", "fixed_squeeze", "slice_squeeze"]
+__all__ = ["stat_layers", "fixed_stats", "slice_stats", "squeeze_layers", "fixed_squeeze", "slice_squeeze"]
 
 
 class _Stop(Exception):
-    """Raised by the hook of the SE layer being measured: nothing after it needs to run."""
+    """Raised by the hook of the layer being measured: nothing after it needs to run."""
+
+
+# -- the two kinds of layer ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Kind:
+    """What to measure for one kind of layer and how to make it use the measured statistic."""
+
+    moments: int  # 1: the mean; 2: mean and (biased) variance
+    fix: Callable[[torch.nn.Module, torch.Tensor], None]
+    unfix: Callable[[torch.nn.Module], None]
+
+
+def _fix_se(layer, stat: torch.Tensor) -> None:
+    layer.fixed_squeeze = stat
+
+
+def _unfix_se(layer) -> None:
+    layer.fixed_squeeze = None
+
+
+def _fix_instance_norm(layer, stat: torch.Tensor) -> None:
+    """``layer`` normalises with the given ``(2, C)`` mean/variance instead of its input's:
+    ``(x - mean) / sqrt(var + eps) * weight + bias`` (an instance attribute shadows ``forward``)."""
+    mean, var = stat[0], stat[1]
+    scale = torch.rsqrt(var + layer.eps)
+    shift = -mean * scale
+    if layer.affine:
+        scale, shift = scale * layer.weight.float(), shift * layer.weight.float() + layer.bias.float()
+    scale, shift = scale[None, :, None, None], shift[None, :, None, None]
+    layer.forward = lambda x: (x.float() * scale + shift).to(x.dtype)
+
+
+def _unfix_instance_norm(layer) -> None:
+    layer.__dict__.pop("forward", None)
+
+
+def _kinds() -> dict[type, _Kind]:
+    from ..models.fanet import SELayer
+
+    return {SELayer: _Kind(1, _fix_se, _unfix_se),
+            torch.nn.InstanceNorm2d: _Kind(2, _fix_instance_norm, _unfix_instance_norm)}
+
+
+def _kind(layer) -> _Kind:
+    return next(k for t, k in _kinds().items() if isinstance(layer, t))
+
+
+def stat_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The layers whose output depends on statistics of their whole input (SE, InstanceNorm2d;
+    not an InstanceNorm with running statistics, which uses those in eval)."""
+    kinds = tuple(_kinds())
+    return [m for m in model.modules() if isinstance(m, kinds) and not getattr(m, "track_running_stats", False)]
 
 
 def squeeze_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """FANet's SE layers only (the name of the first version of this module)."""
     from ..models.fanet import SELayer
 
     return [m for m in model.modules() if isinstance(m, SELayer)]
 
 
 @contextlib.contextmanager
-def fixed_squeeze(layers, vectors):
-    """Every SE layer uses its given (C,) squeeze vector instead of its input's mean."""
+def fixed_stats(layers, stats):
+    """Every layer uses its given statistic (SE: a (C,) mean; InstanceNorm: (2, C) mean and
+    variance) instead of its input's; restored on exit."""
     try:
-        for layer, v in zip(layers, vectors):
-            layer.fixed_squeeze = v
+        for layer, s in zip(layers, stats):
+            _kind(layer).fix(layer, s)
         yield
     finally:
         for layer in layers:
-            layer.fixed_squeeze = None
+            _kind(layer).unfix(layer)
 
 
-def _owned(starts: list[int], window: int, size: int) -> dict[int, tuple[int, int]]:
-    """start -> (lo, hi) in image coordinates: overlaps of neighbouring windows split at their middle."""
+#: the earlier name, for SE layers and their (C,) vectors; the same function
+fixed_squeeze = fixed_stats
+
+
+# -- where each window counts --------------------------------------------------------------------
+
+def _owned(starts: list[int], window: int, size: int, end: int | None = None) -> dict[int, tuple[int, int]]:
+    """start -> (lo, hi) in image coordinates: overlaps of neighbouring windows split at their
+    middle. The last window owns up to ``end`` (default ``size``): the whole-slice reference is
+    padded to the model stride at the bottom/right, and so is that window."""
     starts = sorted(set(starts))
     out = {}
     for i, s in enumerate(starts):
         lo = 0 if i == 0 else (s + starts[i - 1] + window) // 2
-        hi = size if i == len(starts) - 1 else (starts[i + 1] + s + window) // 2
+        hi = (size if end is None else end) if i == len(starts) - 1 else (starts[i + 1] + s + window) // 2
         out[s] = (lo, hi)
     return out
+
+
+def _owned_axis(starts, window: int, size: int, stride: int) -> dict[int, tuple[int, int]]:
+    """:func:`_owned` with the last window reaching as far into the stride padding as both the
+    whole slice's and its own padding go."""
+    padded_window = -(-window // stride) * stride
+    padded_size = -(-size // stride) * stride
+    return _owned(starts, window, size, end=min(padded_size, max(starts) + padded_window))
 
 
 def _call_order(net, layers, run, batch) -> list[torch.nn.Module]:
@@ -67,24 +147,57 @@ def _call_order(net, layers, run, batch) -> list[torch.nn.Module]:
     return order
 
 
-def slice_squeeze(net, read, mread, grid, stride: int, batch_size: int = 4,
-                  cancel: Callable[[], bool] | None = None) -> tuple[list, list]:
-    """``(layers in call order, their slice-wide squeeze vectors)`` for one slice.
+def _float64(t: torch.Tensor) -> torch.Tensor:
+    # sums of squares cancel in E[x²] - E[x]²; MPS has no float64, so those go through the host
+    return t.double() if t.device.type != "mps" else t.cpu().double()
+
+
+class _Moments:
+    """Per-channel sums of x (and x²) in float64 over owned window parts -> the layer's statistic."""
+
+    def __init__(self, moments: int) -> None:
+        self.moments = moments
+        self.sums: list = [None] * moments
+        self.count = 0
+
+    def add(self, part: torch.Tensor) -> None:
+        """``part`` (C, h, w): one window's owned features."""
+        p = _float64(part)
+        for i in range(self.moments):
+            s = (p if i == 0 else p * p).sum(dim=(1, 2))
+            self.sums[i] = s if self.sums[i] is None else self.sums[i] + s
+        self.count += part.shape[1] * part.shape[2]
+
+    def statistic(self, device) -> torch.Tensor:
+        """(C,) mean, or (2, C) mean and biased variance (as InstanceNorm computes it)."""
+        n = max(self.count, 1)
+        mean = self.sums[0] / n
+        if self.moments == 1:
+            return mean.float().to(device)
+        var = (self.sums[1] / n - mean * mean).clamp_min(0)
+        return torch.stack([mean, var]).float().to(device)
+
+
+# -- the measurement -----------------------------------------------------------------------------
+
+def slice_stats(net, read, mread, grid, stride: int, batch_size: int = 4,
+                cancel: Callable[[], bool] | None = None) -> tuple[list, list]:
+    """``(layers in call order, their slice-wide statistics)`` for one slice.
 
     ``read``/``mread`` give a window of the normalised slice / of the feedback mask (as
     ``tiling.iter_blend_block``); the windows run through ``net`` in float32, one batch at a
-    time (not micro-batched, so the hook sees the batch it was given)."""
+    time (not micro-batched, so the hook sees the batch it was given). Cancel is checked
+    before every batch of every pass."""
     from .predict import Cancelled
 
-    layers = squeeze_layers(net)
+    layers = stat_layers(net)
     if not layers:
         return [], []
     wh, ww = grid.window
-    own_y = _owned([sy.start for sy, _ in grid.slices], wh, grid.image[0])
-    own_x = _owned([sx.start for _, sx in grid.slices], ww, grid.image[1])
+    own_y = _owned_axis([sy.start for sy, _ in grid.slices], wh, grid.image[0], stride)
+    own_x = _owned_axis([sx.start for _, sx in grid.slices], ww, grid.image[1], stride)
     padded = (-(-wh // stride) * stride, -(-ww // stride) * stride)
     batches = [grid.slices[i:i + batch_size] for i in range(0, len(grid.slices), batch_size)]
-
     device = next(net.parameters()).device
 
     def run(batch):
@@ -97,28 +210,24 @@ def slice_squeeze(net, read, mread, grid, stride: int, batch_size: int = 4,
             net(*args)
 
     order = _call_order(net, layers, run, batches[0])
-    vectors: list[torch.Tensor] = []
+    stats: list[torch.Tensor] = []
     for k, layer in enumerate(order):
-        total, count = None, 0
+        acc = _Moments(_kind(layer).moments)
         current: list = []
 
         def measure(mod, args):
-            nonlocal total, count
-            feat = args[0].float()
+            feat = args[0]
             fy, fx = padded[0] / feat.shape[2], padded[1] / feat.shape[3]
             for b, (sy, sx) in enumerate(current):
                 (y0, y1), (x0, x1) = own_y[sy.start], own_x[sx.start]
                 r0, r1 = round((y0 - sy.start) / fy), round((y1 - sy.start) / fy)
                 c0, c1 = round((x0 - sx.start) / fx), round((x1 - sx.start) / fx)
-                part = feat[b, :, r0:r1, c0:c1]
-                s = part.sum(dim=(1, 2))
-                total = s if total is None else total + s
-                count += part.shape[1] * part.shape[2]
+                acc.add(feat[b, :, r0:r1, c0:c1])
             raise _Stop
 
         hook = layer.register_forward_pre_hook(measure)
         try:
-            with fixed_squeeze(order[:k], vectors):
+            with fixed_stats(order[:k], stats):
                 for batch in batches:
                     if cancel is not None and cancel():
                         raise Cancelled("prediction cancelled")
@@ -129,5 +238,9 @@ def slice_squeeze(net, read, mread, grid, stride: int, batch_size: int = 4,
                         pass
         finally:
             hook.remove()
-        vectors.append(total / max(count, 1))
-    return order, vectors
+        stats.append(acc.statistic(device))
+    return order, stats
+
+
+#: the earlier name; it now covers InstanceNorm as well as SE layers
+slice_squeeze = slice_stats

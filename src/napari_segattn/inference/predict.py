@@ -365,8 +365,9 @@ def iter_predict(
     ``"auto"`` runs whole slices that fit ``memory_budget`` (default 1 GiB of activations) and
     Gaussian-blended windows otherwise; ``0`` forces whole slices, an int or ``(h, w)`` a window.
     Tiled runs yield :class:`~.tiling.TileProgress` (windows) instead of slice counts.
-    ``squeeze="slice"``: tiled windows use the whole slice's squeeze-and-excitation statistics
-    (FANet; agrees with whole-slice inference, ~5x the windows' cost), ``"window"`` their own.
+    ``squeeze="slice"``: tiled windows use the SE and InstanceNorm statistics of the whole
+    slice (FANet, the PAM U-Nets; agrees with whole-slice inference, several times the
+    windows' cost), ``"window"`` their own.
     ``image`` may be a dask or zarr array: it is read window by window.
     """
     from .tiling import iter_stack_probabilities

@@ -449,9 +449,10 @@ def iter_stack_probabilities(
     """Probabilities ``(Z, K, H, W)`` of a normalised ``(Z, C, H, W)`` stack (numpy) or of a
     :class:`RawWindows` source, whole slices or windows as the memory budget says.
 
-    ``squeeze="slice"``: windows use the whole slice's squeeze-and-excitation statistics
-    (``inference.global_squeeze``; FANet), so tiled agrees with whole-slice inference, at the
-    cost of one partial pass of the windows per SE layer; ``"window"``: each window its own.
+    ``squeeze="slice"``: windows use the SE and InstanceNorm statistics of the whole slice
+    (``inference.global_squeeze``; FANet, the PAM U-Nets), so tiled agrees with whole-slice
+    inference, at the cost of one partial pass of the windows per such layer; ``"window"``:
+    each window its own.
 
     Yields :class:`~napari_segattn.inference.PredictProgress` (slices) when whole,
     :class:`TileProgress` (windows) when tiled; *returns* ``(probabilities, info)``.
@@ -501,15 +502,16 @@ def iter_stack_probabilities(
 
 
 def _squeeze_of_slice(squeeze: str, net, read, mread, grid, stride, batch_size, cancel):
-    """A context in which ``net``'s SE layers use this slice's statistics (``squeeze="slice"``)."""
+    """A context in which ``net``'s SE and InstanceNorm layers use this slice's statistics
+    (``squeeze="slice"``)."""
     import contextlib
 
     if squeeze == "window":
         return contextlib.nullcontext()
-    from .global_squeeze import fixed_squeeze, slice_squeeze
+    from .global_squeeze import fixed_stats, slice_stats
 
-    layers, vectors = slice_squeeze(net, read, mread, grid, stride, max(1, batch_size), cancel)
-    return fixed_squeeze(layers, vectors)
+    layers, stats = slice_stats(net, read, mread, grid, stride, max(1, batch_size), cancel)
+    return fixed_stats(layers, stats)
 
 
 def stack_probabilities(model, traits, stack, masks, **kwargs) -> np.ndarray:
