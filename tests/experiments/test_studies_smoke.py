@@ -142,8 +142,8 @@ def test_corrections_clicks_focus_keeps_the_mask_outside_the_box(smoke, shared_d
     gain outside the paint no larger in magnitude than the box allows."""
     res, out = smoke("corrections-clicks")
     assert res["brush"] == 5 and res["focus"] == 16 and res["train_radius"] == [3, 12]
-    methods = {"paint only", "released", "correction-aware", "released (whole image)",
-               "correction-aware (whole image)"}
+    methods = {"paint only", "released", "correction-aware", "released, trained as long",
+               "released (whole image)", "correction-aware (whole image)"}
     assert {(r["dataset"], r["method"]) for r in res["table"]} == {("dsb", m) for m in methods}
     assert (out / "dice_vs_corrections_dsb.png").is_file()
     # the focus is a real restriction: a refiner with it changes nothing outside the click's box

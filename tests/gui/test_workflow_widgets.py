@@ -195,6 +195,37 @@ def test_inspect_error_map_matches_independent_count(setup, qtbot):
     assert f"TP {(em == 1).sum():,}" in iw.counts.value
 
 
+def test_focus_keeps_the_mask_outside_the_box_of_a_painted_correction(setup, qtbot):
+    """'only near my edit (px)': set mid-session (the refinement and its history are kept), the
+    Step after a painted correction changes nothing outside the box around the new paint
+    widened by that many pixels; the status line says so. 0 again: the whole image."""
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "fanet", in_channels=1)
+    rw = widgets["PredictRefineWidget"]
+    for _ in range(2):
+        rw.step_button.clicked.emit()
+        _wait_idle(qtbot, state)
+    ref = state.refiner
+    rw.focus.value = 6
+    assert state.refiner is ref and ref.focus == 6 and len(ref.history) == 2
+    fb = viewer.layers["feedback mask (paint, then Step)"]
+    painted = fb.data.copy()
+    painted[30:34, 30:34] = 1 - painted[30:34, 30:34]
+    fb.data = painted
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    last = ref.history[-1]
+    assert last.edited and last.focus == (slice(24, 40), slice(24, 40))
+    outside = np.ones(img.shape, bool)
+    outside[24:40, 24:40] = False
+    np.testing.assert_array_equal(last.mask[outside], painted.astype(bool)[outside])
+    assert "limited to the box around your new paint" in rw.status.value
+    shown = viewer.layers["refinement (0 = initial mask)"].data[-1].astype(bool)
+    np.testing.assert_array_equal(shown, last.mask)
+    rw.focus.value = 0
+    assert ref.focus is None
+
+
 def test_inspect_saliency_and_attention_layers(setup, qtbot):
     viewer, widgets, state, img, gt = setup
     _build(widgets, "fpa", in_channels=1)

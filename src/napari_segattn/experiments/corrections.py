@@ -19,6 +19,7 @@ NoC@90 / NoC@95 (corrections until Dice >= 0.90 / 0.95; 11 = not reached in 10).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -38,6 +39,10 @@ VARIANTS = {
     "correction-aware": ({"mask_input": True, "edit_input": True},
                          {"feedback": "corrections", "correction_prob": 0.5}),
 }
+# SCALE's ``control``: also fine-tune the released model as the correction-aware one is (same
+# epochs and learning rate, released feedback), so a better start from longer training is not
+# taken for a better use of corrections.
+CONTROL = "released, trained as long"
 # EM: full resolution, trained on 256x256 tiles, tested on the 3 held-out 512x512 slices.
 # DSB: the one 512x512 image in a 4x4 grid of 128x128 tiles, 10 train / 2 val / 4 held-out test.
 SCALE = {
@@ -88,10 +93,15 @@ def _dsb(root: Path, p: dict):
     return pick(train_idx), pick(val_idx), test, p["dsb_epochs"]
 
 
-def _methods(focus: int | None) -> dict[str, tuple[str | None, int | None]]:
+def _variants(p: dict) -> list[str]:
+    return [*VARIANTS, CONTROL] if p.get("control") else list(VARIANTS)
+
+
+def _methods(p: dict) -> dict[str, tuple[str | None, int | None]]:
     """method name -> (model variant or None for paint only, the refiner's focus margin). With a
     focus, the models also run on the whole image, as references."""
-    out = {"paint only": (None, None), **{v: (v, focus) for v in VARIANTS}}
+    focus = p["focus"]
+    out = {"paint only": (None, None), **{v: (v, focus) for v in _variants(p)}}
     if focus is not None:
         out.update({f"{v} (whole image)": (v, None) for v in VARIANTS})
     return out
@@ -156,13 +166,15 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
         log(f"{name}/{dname}: {len(train_ds)} train / {len(val_ds)} val tiles, {len(test)} held-out test images "
             f"{test[0][1].shape[-2:]}, width {p['width']}, {n_epochs} epochs, seed {seed}")
         models = {}
-        for variant, (model_kw, cfg_kw) in VARIANTS.items():
+        for variant in _variants(p):
+            model_kw, cfg_kw = VARIANTS[variant] if variant in VARIANTS else VARIANTS["released"]
             start = None
             cfg = dataclasses.replace(base, **cfg_kw)
-            if variant == "correction-aware":  # fine-tuned from the released model (see VARIANTS)
+            if variant != "released":  # fine-tuned from the released model (see VARIANTS, CONTROL)
                 from ..models.fanet import with_feedback_inputs
 
-                start = with_feedback_inputs(models["released"], **model_kw)
+                start = (with_feedback_inputs(models["released"], **model_kw) if variant == "correction-aware"
+                         else copy.deepcopy(models["released"]))
                 cfg = dataclasses.replace(cfg, lr=base.lr * p["ca_lr_scale"],
                                           epochs=max(1, round(n_epochs * p["ca_epoch_scale"])),
                                           correction_radius=tuple(p["train_radius"]))
@@ -171,7 +183,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
             models[variant] = res.model
             seconds[f"{dname}/{variant}"] = res.seconds
             best_epoch[f"{dname}/{variant}"] = res.best_epoch
-        methods = _methods(p["focus"])
+        methods = _methods(p)
         curves: dict[str, list[list[dict]]] = {m: [] for m in methods}
         for image_name, image, truth in test:
             for method, (variant, focus) in methods.items():
@@ -206,7 +218,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     for dname in p["datasets"]:
         common.plot(out / f"dice_vs_corrections_{dname}.png", "line",
                     {m: [r["dice"] for r in per_round if r["dataset"] == dname and r["method"] == m]
-                     for m in _methods(p["focus"])},
+                     for m in _methods(p)},
                     rounds, title=f"Simulated user on {dname}: Dice after k corrections", xlabel="corrections k",
                     ylabel="Dice")
     result = {"study": name, "scale": scale, "seed": seed, "epochs": epochs or p["epochs"],
@@ -232,6 +244,12 @@ def claims(result: dict) -> list[dict]:
              "... and fewer than the released FANet feedback", "value": rel["noc90"] - ca["noc90"], "paper": None},
             {"claim": f"{dname}: NoC@95 paint only - correction-aware", "statement": "the same at Dice 0.95",
              "value": paint["noc95"] - ca["noc95"], "paper": None},
+            {"claim": f"{dname}: NoC@95 released - correction-aware", "statement": "the same at Dice 0.95",
+             "value": rel["noc95"] - ca["noc95"], "paper": None},
+            *([{"claim": f"{dname}: NoC@95 released trained as long - correction-aware", "statement":
+                "... and fewer than the released FANet fine-tuned as long (the control)",
+                "value": rows[(dname, CONTROL)]["noc95"] - ca["noc95"], "paper": None}]
+              if (dname, CONTROL) in rows else []),
             {"claim": f"{dname}: correction-aware gain outside the paint", "statement":
              "the correction-aware FANet improves pixels the user did not paint", "value":
              ca["gain_outside_paint"], "paper": None},

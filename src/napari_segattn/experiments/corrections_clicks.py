@@ -15,7 +15,10 @@ click would, and the rest of the object is left to the model. What differs from
   nucleus diameter (``FANetRefiner(focus=16)``, FocalClick's local refinement): over the
   whole image each step re-predicts every unpainted pixel, and that drift outweighed what a
   click added (gain outside the paint -0.002 in every seed). The whole-image runs are kept
-  as references ("... (whole image)").
+  as references ("... (whole image)");
+* a control: the released model fine-tuned as long with its own feedback ("released, trained
+  as long"), since the correction-aware model gets 2x the training and starts from a better
+  first prediction.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from . import corrections
 
 NAME = "corrections-clicks"
 SCALE = {scale: {**p, "brush": 5, "train_radius": (3, 12), "datasets": ("dsb",), "ca_lr_scale": 1.0,
-                 "ca_epoch_scale": 1.0, "focus": 16}
+                 "ca_epoch_scale": 1.0, "focus": 16, "control": True}
          for scale, p in corrections.SCALE.items()}
 TABLES = corrections.TABLES
 claims = corrections.claims

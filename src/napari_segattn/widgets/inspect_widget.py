@@ -14,7 +14,7 @@ from napari.utils.notifications import show_error
 
 from .inputs import InputError, gather_input, scope_of, scope_picker
 from .docking import dock_as_tab
-from .layers import ERROR_LEGEND, label_stack_axis, place_slice, upsert_layer, wrapped_label
+from .layers import ERROR_LEGEND, label_stack_axis, place_slice, prepare_layers, upsert_layer, wrapped_label
 from .settings import plugin_defaults
 from .state import get_state
 from .workers import JobProgress, relay_steps, run_in_worker
@@ -148,7 +148,8 @@ class InspectWidget(Container):
             return ref.current_mask
         return None
 
-    def _run(self, fn, inp, on_done, desc, job=_slices_generator, job_args=(), on_yield=None):
+    def _run(self, fn, inp, on_done, desc, job=_slices_generator, job_args=(), on_yield=None, layers=()):
+        """``layers``: specs of result layers to create while the job runs (``layers.prepare_layers``)."""
         self._cancel.clear()
         n = inp.image.shape[0] if inp.is_volume else 1
         self.status.value = f"computing {desc} ({n} slice{'s' if n > 1 else ''})... Cancel stops between slices"
@@ -165,9 +166,14 @@ class InspectWidget(Container):
 
             self.status.value = f"{desc} cancelled; no layer was added" if isinstance(exc, Cancelled) else f"error: {exc}"
 
+        discard = prepare_layers(self.viewer, layers)
+
+        def finished():
+            discard()
+            self.state.busy = False
+
         self.worker = run_in_worker(job, fn, inp, self._cancel.is_set, *job_args, on_return=on_done, desc=desc,
-                                    total=n, on_yield=yielded, on_error=errored,
-                                    on_finish=lambda: setattr(self.state, "busy", False))
+                                    total=n, on_yield=yielded, on_error=errored, on_finish=finished)
         return self.worker
 
     # -- error map ---------------------------------------------------------------------------
@@ -193,14 +199,15 @@ class InspectWidget(Container):
             ci = em.classes.index(int(self.target_class.value)) if int(self.target_class.value) in em.classes else 0
             labels = em.labels if em.binary else em.labels[ci]
             full = place_slice(inp.layer_shape, inp.slice_index, labels)
-            upsert_layer(self.viewer, "labels", full, "error map", colormap=error_colormap(), opacity=0.7,
-                         scale=inp.scale, translate=inp.translate)
+            upsert_layer(self.viewer, "labels", full, "error map", **error_display)
             c, r = em.counts[ci], em.rates[ci]
             self.status.value = f"error map of {self.state.loaded.name} against {self.state.gt_layer_name}"
             self.counts.value = (f"TP {c['TP']:,}  FN {c['FN']:,}  FP {c['FP']:,}  |  "
                                  f"FN rate {r['fn_rate']:.2%}  FP rate {r['fp_rate']:.2%}")
 
-        return self._run(one, inp, done, "error map")
+        error_display = dict(colormap=error_colormap(), opacity=0.7, scale=inp.scale, translate=inp.translate)
+        return self._run(one, inp, done, "error map",
+                         layers=[("labels", "error map", inp.layer_shape, np.uint8, error_display)])
 
     # -- saliency ---------------------------------------------------------------------------
     def _saliency_kwargs(self, dev, mask, preview: bool) -> dict:
@@ -251,8 +258,11 @@ class InspectWidget(Container):
                 self.last_saliency = maps
                 self._show_saliency_maps(inp, k, maps)
 
+        # the full map's layer (a preview's name says how it was made, known only when it is done)
+        full_map = ("image", f"IG saliency class {k}", inp.layer_shape, np.float32,
+                    dict(colormap="inferno", blending="additive", opacity=0.7, scale=inp.scale, translate=inp.translate))
         return self._run(one, inp, done, "IG saliency", job=_saliency_job, job_args=(self.run_mode.value,),
-                         on_yield=shown)
+                         on_yield=shown, layers=[full_map] if self.run_mode.value != "preview only" else [])
 
     # -- attention maps ------------------------------------------------------------------------
     def show_attention(self, *_):

@@ -89,6 +89,10 @@ class PredictRefineWidget(Container):
                                      tooltip="pixels you paint on the feedback layer keep their value in every later "
                                              "iteration (shown on the 'painted (fixed)' layer); off: the model may "
                                              "overwrite them")
+        self.focus = SpinBox(label="only near my edit (px)", value=0, min=0, max=4096,
+                             tooltip="after you paint, the next Step changes only the box around what you "
+                                     "painted, widened by this many pixels; the rest of the mask stays as it is "
+                                     "(FocalClick's local refinement). 0: the whole image")
         # opt-in: 2-4x faster on CPUs with AMX / AVX512-BF16 (and on GPUs), slower on other CPUs,
         # probabilities change by up to a few 1e-2 (docs/performance.md); off = exact float32 on CPU
         self.bf16 = CheckBox(label="bfloat16", value=False,
@@ -98,7 +102,7 @@ class PredictRefineWidget(Container):
         self.extend([self.scope, self.batch_size, self.level, self.threshold, self.predict_button, self.instances,
                      self.split_touching, self.objects, self.init, self.max_iters, self.tol,
                      self.step_button, self.run_button, self.reset_button, self.cancel_button, self.show_probs,
-                     self.keep_painted, self.bf16, self.status])
+                     self.keep_painted, self.focus, self.bf16, self.status])
         self.plot = LivePlot("Dice per iteration", x_label="iteration", y_label="Dice", y_range=(0.0, 1.0))
         self.native.layout().addWidget(self.plot)
         self._cancel = threading.Event()
@@ -118,6 +122,7 @@ class PredictRefineWidget(Container):
         self.reset_button.changed.connect(self.reset)
         self.bf16.changed.connect(self._precision_changed)
         self.keep_painted.changed.connect(self._keep_painted_changed)
+        self.focus.changed.connect(self._focus_changed)
         self.cancel_button.changed.connect(lambda *_: self._cancel.set())
         self.state.model_changed.connect(self._model_changed)
         self.state.busy_changed.connect(self._busy_changed)
@@ -187,6 +192,14 @@ class PredictRefineWidget(Container):
             self.status.value = ("painted pixels are kept from the next step on" if ref.pin_edits
                                  else "the next step may overwrite painted pixels")
         self._show_painted()
+
+    def _focus_value(self) -> int | None:
+        return int(self.focus.value) or None
+
+    def _focus_changed(self, *_):
+        """Applies to the running refinement from the next Step (no fresh start needed)."""
+        if self.state.refiner is not None:
+            self.state.refiner.focus = self._focus_value()
 
     def _busy_changed(self, busy: bool):
         for w in (self.predict_button, self.step_button, self.run_button, self.reset_button):
@@ -464,7 +477,7 @@ class PredictRefineWidget(Container):
         build = dict(model=loaded.model, image=inp.image, init=self._initial_mask(inp), ground_truth=inp.ground_truth,
                      device=self.state.device, batch_size=int(self.batch_size.value), amp=self._amp(),
                      pin_edits=bool(self.keep_painted.value), threshold=float(self.threshold.value),
-                     **self._core_layout(inp))
+                     focus=self._focus_value(), **self._core_layout(inp))
         return build, inp, session
 
     def _adopt_refiner(self, refiner, inp, session):
@@ -614,4 +627,5 @@ class PredictRefineWidget(Container):
             painted = refiner.painted_values
             n = int(np.count_nonzero((res.mask != painted) & res.edit))
             disagree = f"the model overwrote {n:,} of your {n_edit:,} painted pixel(s)"
-        return f"{res.changed_outside_edit:,} pixel(s) changed outside your edit; {disagree}"
+        where = "" if res.focus is None else " (the step was limited to the box around your new paint)"
+        return f"{res.changed_outside_edit:,} pixel(s) changed outside your edit{where}; {disagree}"
