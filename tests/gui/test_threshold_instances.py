@@ -175,3 +175,29 @@ def test_stack_axis_caption_without_a_viewer():
     assert stack_axis_caption(3, iterations=True) == "iteration"
     assert stack_axis_caption(1, stages=["gate: a", "gate: b"]) == "stage 2/2: gate: b"
     assert stack_axis_caption(5, iterations=True, stages=["a", "b"]) == "iteration | stage (1-2)"
+
+
+def test_large_masks_are_labelled_in_a_worker_and_a_stale_result_is_dropped(setup, qtbot, monkeypatch):
+    """Above INSTANCES_SYNC_PIXELS the labelling runs in a worker (a volume's watershed took 25 s
+    on the GUI thread). Two threshold changes in a row: the layer ends with the labels of the
+    last mask, not of whichever worker finished last."""
+    from skimage.measure import label
+
+    from napari_segattn.widgets import refine_widget
+
+    monkeypatch.setattr(refine_widget, "INSTANCES_SYNC_PIXELS", 0)
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1)
+    rw = widgets["PredictRefineWidget"]
+    rw.instances.value = True
+    rw.predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    qtbot.waitUntil(lambda: "instances" in viewer.layers, timeout=30_000)
+    rw.threshold.value = 0.3
+    assert rw.objects.value.startswith("labelling objects")
+    rw.threshold.value = 0.7
+    final = viewer.layers["prediction"].data > 0
+    qtbot.waitUntil(lambda: np.array_equal(viewer.layers["instances"].data, label(final)), timeout=30_000)
+    qtbot.wait(300)  # the stale (0.3) worker has finished by now, and did not overwrite
+    np.testing.assert_array_equal(viewer.layers["instances"].data, label(final))
+    assert rw.objects.value.startswith(f"{int(label(final).max()):,} object(s)")
