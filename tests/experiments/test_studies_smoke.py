@@ -141,7 +141,7 @@ def test_corrections_clicks_focus_keeps_the_mask_outside_the_box(smoke, shared_d
     changes a pixel farther than 16 px from its click's box, which the per-image rows show as a
     gain outside the paint no larger in magnitude than the box allows."""
     res, out = smoke("corrections-clicks")
-    assert res["brush"] == 5 and res["focus"] == 16 and res["train_radius"] == [3, 12]
+    assert res["brush"] == 5 and res["focus"] == 16 and res["merge"] and res["train_radius"] == [3, 12]
     methods = {"paint only", "released", "correction-aware", "released, trained as long",
                "released (whole image)", "correction-aware (whole image)"}
     assert {(r["dataset"], r["method"]) for r in res["table"]} == {("dsb", m) for m in methods}

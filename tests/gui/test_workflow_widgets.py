@@ -224,6 +224,22 @@ def test_focus_keeps_the_mask_outside_the_box_of_a_painted_correction(setup, qtb
     np.testing.assert_array_equal(shown, last.mask)
     rw.focus.value = 0
     assert ref.focus is None
+    # 'only changes touching my edit': a change not connected to the new paint is dropped
+    rw.merge.value = True
+    assert ref.progressive_merge
+    fb = viewer.layers["feedback mask (paint, then Step)"]
+    painted = fb.data.copy()
+    painted[2:5, 2:5] = 1 - painted[2:5, 2:5]
+    fb.data = painted
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    from scipy import ndimage
+
+    last = ref.history[-1]
+    regions, _ = ndimage.label(last.mask != last.input_mask, np.ones((3, 3)))
+    near = ndimage.binary_dilation(last.merged_with, np.ones((3, 3)))
+    assert all((near & (regions == i)).any() for i in range(1, regions.max() + 1))
+    assert "not touching your new paint were dropped" in rw.status.value
 
 
 def test_inspect_saliency_and_attention_layers(setup, qtbot):

@@ -263,3 +263,25 @@ def test_focus_limits_a_step_after_a_correction_to_the_box_around_it(standin):
             assert ref.step().focus is None and ref.history[-1].mask[2, 3]  # no new correction: whole image
     with pytest.raises(InputError, match="focus"):
         FANetRefiner(standin("fanet"), img, init=seed, device="cpu", focus=-1)
+
+
+def test_progressive_merge_keeps_only_changes_connected_to_the_new_paint(standin):
+    """progressive_merge=True (FocalClick): after a correction, a change of the model's output is
+    kept only where its connected region touches the new paint. The stand-in grows both lines;
+    only the growth of the clicked one survives, and how much was dropped is recorded."""
+    img = np.zeros((H, W), np.float32)
+    img[2, 1:13] = img[11, 1:13] = 1.0
+    seed = np.zeros((H, W), bool)
+    seed[2, 1] = seed[11, 1] = True
+    ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu", pin_edits=True, progressive_merge=True)
+    first = ref.step()  # no correction: no merge, both lines grow
+    assert first.dropped == 0 and first.merged_with is None and first.mask[[2, 11], 2].all()
+    painted = ref.current_mask
+    painted[11, 7] = True  # a click on the lower line, away from its growing end
+    ref.set_mask(painted)
+    r = ref.step()
+    changed = r.mask != r.input_mask
+    # kept: the click's neighbours (11,6), (11,8); dropped: the growth at both lines' ends
+    np.testing.assert_array_equal(np.argwhere(changed), [[11, 6], [11, 8]])
+    assert r.dropped == 2 and r.merged_with[11, 7]
+    assert ref.step().dropped == 0  # no new correction: whole-image growth again

@@ -17,9 +17,17 @@ def check_finite(image: np.ndarray, name: str) -> None:
 
 def _warn_lossy(lab: np.ndarray, name: str) -> None:
     """A {0, 255} mask saved as JPEG has compression noise 1..~10 around its edges, which
-    ``label > 0`` counts as foreground without a word; say so and name the threshold to use."""
+    ``label > 0`` counts as foreground without a word; say so and name the threshold to use.
+
+    Only for a saturated two-level mask (most foreground at >= 90 % of the maximum): instance
+    labels (ids 1..N spread evenly, e.g. the DSB 2018 sample's 125 nuclei up to id 183) have most
+    of their ids below half the maximum and are not noise; warning there told users to threshold
+    away half their objects."""
     hi = int(lab.max(initial=0))
     if hi < 128:
+        return
+    foreground = int(np.count_nonzero(lab > 0))
+    if np.count_nonzero(lab >= 0.9 * hi) < 0.8 * foreground:
         return
     faint = int(((lab > 0) & (lab < hi // 2)).sum())
     if faint:

@@ -48,13 +48,13 @@ CONTROL = "released, trained as long"
 SCALE = {
     "smoke": dict(width=4, rounds=2, epochs=1, em_train=1, em_tile=256, em_test_crop=128, dsb_epochs=1,
                   brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
-                  focus=None),
+                  focus=None, merge=False),
     "reduced": dict(width=16, rounds=10, epochs=8, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=60,
                     brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
-                  focus=None),
+                  focus=None, merge=False),
     "full": dict(width=32, rounds=20, epochs=200, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=500,
                  brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
-                  focus=None),
+                  focus=None, merge=False),
 }
 TABLES = {"per_round.csv": ("dataset", "method", "round"), "table.csv": ("dataset", "method")}
 TARGETS = (0.90, 0.95)
@@ -97,21 +97,22 @@ def _variants(p: dict) -> list[str]:
     return [*VARIANTS, CONTROL] if p.get("control") else list(VARIANTS)
 
 
-def _methods(p: dict) -> dict[str, tuple[str | None, int | None]]:
-    """method name -> (model variant or None for paint only, the refiner's focus margin). With a
-    focus, the models also run on the whole image, as references."""
-    focus = p["focus"]
-    out = {"paint only": (None, None), **{v: (v, focus) for v in _variants(p)}}
-    if focus is not None:
-        out.update({f"{v} (whole image)": (v, None) for v in VARIANTS})
+def _methods(p: dict) -> dict[str, tuple[str | None, dict]]:
+    """method name -> (model variant or None for paint only, the refiner's local-update options:
+    ``focus`` margin, progressive ``merge``). With either, the models also run unrestricted on the
+    whole image, as references."""
+    local = {"focus": p["focus"], "progressive_merge": p["merge"]}
+    out = {"paint only": (None, {}), **{v: (v, local) for v in _variants(p)}}
+    if p["focus"] is not None or p["merge"]:
+        out.update({f"{v} (whole image)": (v, {}) for v in VARIANTS})
     return out
 
 
 def correction_rounds(model, image: np.ndarray, truth: np.ndarray, rounds: int, *, brush: int | None = 20,
-                      start: np.ndarray | None = None, focus: int | None = None):
+                      start: np.ndarray | None = None, focus: int | None = None, progressive_merge: bool = False):
     """One simulated user on one image: per round ``k`` the Dice, the pixels painted so far and
-    the gain outside the paint. ``model=None``: paint only, starting from ``start``. ``focus``:
-    each step changes only the box around the new paint, widened by this many pixels."""
+    the gain outside the paint. ``model=None``: paint only, starting from ``start``. ``focus``,
+    ``progressive_merge``: the refiner's local update after each correction (FANetRefiner)."""
     from ..inference import FANetRefiner
     from ..metrics import binary_metrics
 
@@ -121,7 +122,8 @@ def correction_rounds(model, image: np.ndarray, truth: np.ndarray, rounds: int, 
         mask = np.asarray(start, bool)
         refiner = None
     else:
-        refiner = FANetRefiner(model, image, channel_axis=0, device="auto", pin_edits=True, focus=focus)
+        refiner = FANetRefiner(model, image, channel_axis=0, device="auto", pin_edits=True, focus=focus,
+                               progressive_merge=progressive_merge)
         mask = refiner.step().mask
     rows = [{"round": 0, "dice": dice(mask), "painted": 0, "gain_outside": 0.0}]
     painted_total = np.zeros(truth.shape, bool)
@@ -186,15 +188,14 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
         methods = _methods(p)
         curves: dict[str, list[list[dict]]] = {m: [] for m in methods}
         for image_name, image, truth in test:
-            for method, (variant, focus) in methods.items():
+            for method, (variant, local) in methods.items():
                 if variant is None:  # paint only, on the released model's first prediction
                     from ..inference import FANetRefiner
 
                     start = FANetRefiner(models["released"], image, channel_axis=0, device="auto").step().mask
                     rows = correction_rounds(None, image, truth, p["rounds"], brush=p["brush"], start=start)
                 else:
-                    rows = correction_rounds(models[variant], image, truth, p["rounds"], brush=p["brush"],
-                                             focus=focus)
+                    rows = correction_rounds(models[variant], image, truth, p["rounds"], brush=p["brush"], **local)
                 curves[method].append(rows)
                 for r in rows:
                     per_image.append({"dataset": dname, "method": method, "image": image_name, **r})
@@ -224,7 +225,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     result = {"study": name, "scale": scale, "seed": seed, "epochs": epochs or p["epochs"],
               "dsb_epochs": epochs or p["dsb_epochs"], "width": p["width"], "rounds": p["rounds"], "brush": p["brush"],
               "train_radius": list(p["train_radius"]),
-              "focus": p["focus"], "ca_lr_scale": p["ca_lr_scale"], "ca_epoch_scale": p["ca_epoch_scale"],
+              "focus": p["focus"], "merge": p["merge"], "ca_lr_scale": p["ca_lr_scale"], "ca_epoch_scale": p["ca_epoch_scale"],
               "train_seconds": seconds, "best_epoch": best_epoch, "table": table, "per_round": per_round}
     common.write_json(out / "results.json", result)
     return result

@@ -27,7 +27,7 @@ from . import corrections
 
 NAME = "corrections-clicks"
 SCALE = {scale: {**p, "brush": 5, "train_radius": (3, 12), "datasets": ("dsb",), "ca_lr_scale": 1.0,
-                 "ca_epoch_scale": 1.0, "focus": 16, "control": True}
+                 "ca_epoch_scale": 1.0, "focus": 16, "merge": True, "control": True}
          for scale, p in corrections.SCALE.items()}
 TABLES = corrections.TABLES
 claims = corrections.claims

@@ -18,7 +18,10 @@ correction is never silently overwritten; each result reports how many pixels ch
 the edit, i.e. how far the model propagated it. With ``focus=m``, a step right after a
 correction changes only the box around what was just painted, widened by ``m`` pixels
 (FocalClick's local refinement, Chen et al. CVPR 2022): the rest of the mask stays as the user
-last saw it instead of drifting wherever the model re-predicts differently.
+last saw it instead of drifting wherever the model re-predicts differently. With
+``progressive_merge=True`` (FocalClick's progressive merge) such a step keeps only the changes
+connected to what was just painted: each connected region of ``mask != fed`` is accepted if it
+touches the new paint, and dropped otherwise.
 """
 
 from __future__ import annotations
@@ -41,6 +44,22 @@ from .traits import model_traits
 __all__ = ["FANetRefiner", "IterationResult"]
 
 
+def _merge_connected(fed: np.ndarray, new: np.ndarray, painted: np.ndarray) -> np.ndarray:
+    """``fed`` with only those changes of ``new`` whose connected region (full connectivity)
+    touches ``painted`` (FocalClick's progressive merge): what the model changed because of the
+    correction, not what it re-predicted differently elsewhere."""
+    from scipy import ndimage
+
+    changed = new != fed
+    if not changed.any():
+        return new
+    structure = ndimage.generate_binary_structure(changed.ndim, changed.ndim)
+    regions, _ = ndimage.label(changed, structure)
+    touching = ndimage.binary_dilation(painted, structure)
+    keep = np.isin(regions, np.unique(regions[touching & changed]))
+    return np.where(keep, new, fed)
+
+
 @dataclass
 class IterationResult:
     """One feedback iteration; arrays have the image's spatial shape and order."""
@@ -57,6 +76,8 @@ class IterationResult:
     pinned: int = 0  # pixels where the model disagreed with the painting and the paint was kept
     changed_outside_edit: int | None = None  # pixels outside ``edit`` where mask != input_mask
     focus: tuple[slice, ...] | None = None  # the box this step was limited to (``FANetRefiner(focus=)``)
+    dropped: int = 0  # changed pixels not connected to the new paint, dropped (``progressive_merge``)
+    merged_with: np.ndarray | None = None  # bool: the new paint the changes had to touch (progressive merge)
 
     @property
     def changed_pixels(self) -> int:
@@ -104,10 +125,12 @@ class FANetRefiner:
         memory_budget: int | str | None = None,
         squeeze: str = "window",
         focus: int | None = None,
+        progressive_merge: bool = False,
     ) -> None:
         self.model = model
         self.pin_edits = pin_edits
         self.focus = None if focus is None else check_int(focus, "focus", minimum=0)
+        self.progressive_merge = bool(progressive_merge)
         self.traits = model_traits(model)
         if not self.traits.takes_mask:
             raise InputError(f"model {self.traits.name!r} takes no feedback mask; the refiner is for FANet-style models")
@@ -225,6 +248,8 @@ class FANetRefiner:
         p = self.layout.spatial_from_stack(probs)
         focus = self._focus_box() if self._edited else None
         mask, pinned = self._mask_of(p, has_edit, fed, focus)
+        merged_with = self._fresh.copy() if self.progressive_merge and self._edited and self._fresh.any() else None
+        mask, dropped = self._merged(fed, mask, merged_with)
         res = IterationResult(
             index=len(self.history),
             input_mask=fed,
@@ -238,12 +263,21 @@ class FANetRefiner:
             pinned=pinned,
             changed_outside_edit=int(np.count_nonzero((mask != fed) & ~self._edit)) if has_edit else None,
             focus=focus,
+            dropped=dropped,
+            merged_with=merged_with,
         )
         self.history.append(res)
         self._next_mask = mask
         self._edited = False
         self._fresh[:] = False
         return res
+
+    @staticmethod
+    def _merged(fed, mask, painted) -> tuple[np.ndarray, int]:
+        if painted is None:
+            return mask, 0
+        merged = _merge_connected(fed, mask, painted)
+        return merged, int(np.count_nonzero(merged != mask))
 
     def _focus_box(self) -> tuple[slice, ...] | None:
         """The bounding box of the pixels painted since the last step, widened by ``focus``."""
@@ -278,11 +312,13 @@ class FANetRefiner:
             return False
         last = self.history[-1]
         mask, pinned = self._mask_of(last.probabilities, last.edit is not None, last.input_mask, last.focus)
+        mask, dropped = self._merged(last.input_mask, mask, last.merged_with)
         if np.array_equal(mask, last.mask):
             return False
         fed = last.input_mask
         self.history[-1] = replace(
-            last, mask=mask, pinned=pinned, changed_fraction=float(np.mean(mask != fed)), metrics=self._metrics(mask),
+            last, mask=mask, pinned=pinned, dropped=dropped, changed_fraction=float(np.mean(mask != fed)),
+            metrics=self._metrics(mask),
             changed_outside_edit=None if last.edit is None else int(np.count_nonzero((mask != fed) & ~last.edit)))
         self._next_mask = mask
         return True

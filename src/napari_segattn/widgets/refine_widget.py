@@ -103,6 +103,9 @@ class PredictRefineWidget(Container):
                              tooltip="after you paint, the next Step changes only the box around what you "
                                      "painted, widened by this many pixels; the rest of the mask stays as it is "
                                      "(FocalClick's local refinement). 0: the whole image")
+        self.merge = CheckBox(label="only changes touching my edit", value=False,
+                              tooltip="after you paint, the next Step keeps only the changes connected to what "
+                                      "you painted (FocalClick's progressive merge); changes elsewhere are dropped")
         # opt-in: 2-4x faster on CPUs with AMX / AVX512-BF16 (and on GPUs), slower on other CPUs,
         # probabilities change by up to a few 1e-2 (docs/performance.md); off = exact float32 on CPU
         self.bf16 = CheckBox(label="bfloat16", value=False,
@@ -112,7 +115,7 @@ class PredictRefineWidget(Container):
         self.extend([self.scope, self.batch_size, self.level, self.threshold, self.predict_button, self.instances,
                      self.split_touching, self.objects, self.init, self.max_iters, self.tol,
                      self.step_button, self.run_button, self.reset_button, self.cancel_button, self.show_probs,
-                     self.keep_painted, self.focus, self.bf16, self.status])
+                     self.keep_painted, self.focus, self.merge, self.bf16, self.status])
         self.plot = LivePlot("Dice per iteration", x_label="iteration", y_label="Dice", y_range=(0.0, 1.0))
         self.native.layout().addWidget(self.plot)
         self._cancel = threading.Event()
@@ -133,6 +136,7 @@ class PredictRefineWidget(Container):
         self.bf16.changed.connect(self._precision_changed)
         self.keep_painted.changed.connect(self._keep_painted_changed)
         self.focus.changed.connect(self._focus_changed)
+        self.merge.changed.connect(self._focus_changed)
         self.cancel_button.changed.connect(lambda *_: self._cancel.set())
         self.state.model_changed.connect(self._model_changed)
         self.state.busy_changed.connect(self._busy_changed)
@@ -210,6 +214,7 @@ class PredictRefineWidget(Container):
         """Applies to the running refinement from the next Step (no fresh start needed)."""
         if self.state.refiner is not None:
             self.state.refiner.focus = self._focus_value()
+            self.state.refiner.progressive_merge = bool(self.merge.value)
 
     def _busy_changed(self, busy: bool):
         for w in (self.predict_button, self.step_button, self.run_button, self.reset_button):
@@ -505,7 +510,7 @@ class PredictRefineWidget(Container):
         build = dict(model=loaded.model, image=inp.image, init=self._initial_mask(inp), ground_truth=inp.ground_truth,
                      device=self.state.device, batch_size=int(self.batch_size.value), amp=self._amp(),
                      pin_edits=bool(self.keep_painted.value), threshold=float(self.threshold.value),
-                     focus=self._focus_value(), **self._core_layout(inp))
+                     focus=self._focus_value(), progressive_merge=bool(self.merge.value), **self._core_layout(inp))
         return build, inp, session
 
     def _adopt_refiner(self, refiner, inp, session):
@@ -656,4 +661,6 @@ class PredictRefineWidget(Container):
             n = int(np.count_nonzero((res.mask != painted) & res.edit))
             disagree = f"the model overwrote {n:,} of your {n_edit:,} painted pixel(s)"
         where = "" if res.focus is None else " (the step was limited to the box around your new paint)"
+        if res.merged_with is not None:
+            where += f"; {res.dropped:,} changed pixel(s) not touching your new paint were dropped"
         return f"{res.changed_outside_edit:,} pixel(s) changed outside your edit{where}; {disagree}"
