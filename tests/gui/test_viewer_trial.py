@@ -327,6 +327,40 @@ def test_compare_is_readable(setup, qtbot, tmp_path):
     assert text.startswith("b (gated) puts") and f"{abs(d) * 100:.0f} percentage points" in text
     assert ("more" if d >= 0 else "less") in text and f"moved {res.shift_px[0]:.1f} px" in text
 
+def test_compare_side_by_side_puts_a_b_and_the_shift_in_cells_and_restores_the_layers(setup, qtbot, tmp_path):
+    """Item 7's side-by-side view: napari's grid, one cell each for a, b and b - a over the
+    image; unticked, the user's layers come back as they were (order, visibility, grid off)."""
+    import torch
+
+    from napari_segattn.models import build_model, save_model
+
+    viewer, widgets, state, img, gt = setup
+    torch.manual_seed(1)
+    a = save_model(build_model("unet", in_channels=1), tmp_path / "plain.safetensors")
+    b = save_model(build_model("unet", in_channels=1), tmp_path / "other.safetensors")
+    cw = widgets["CompareWidget"]
+    cw.ckpt_a.value, cw.ckpt_b.value = str(a), str(b)
+    cw.n_steps.value = 4
+    cw.compare_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    before = [(l.name, l.visible) for l in viewer.layers]
+    cw.side_by_side.value = True
+    maps = ["saliency a:plain", "saliency b:other", "attention shift (b - a)"]
+    from napari_segattn.widgets.side_by_side import grid_of
+
+    grid = grid_of(viewer)
+    assert grid.enabled and grid.actual_shape(viewer.layers) == (1, 3)
+    cells = {}
+    for i, layer in enumerate(viewer.layers):
+        if layer.visible:
+            cells.setdefault(grid.position(i, viewer.layers), []).append(layer.name)
+    assert [cells[(0, c)][-1] for c in range(3)] == maps  # each map on top of its own cell ...
+    assert all(cells[(0, c)][0].endswith(f"under {m}") for c, m in enumerate(maps))  # ... over the image
+    np.testing.assert_array_equal(viewer.layers[f"image under {maps[0]}"].data, img)
+    cw.side_by_side.value = False
+    assert not grid.enabled and [(l.name, l.visible) for l in viewer.layers] == before
+
+
 def test_whole_volume_predict_shows_count_and_eta(make_napari_viewer, qtbot):
     """Item 6b: whole-volume predict showed only a spinner; the status line counts slices."""
     import re

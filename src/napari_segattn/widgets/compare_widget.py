@@ -7,12 +7,13 @@ import threading
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, PushButton, SpinBox, Table
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, SpinBox, Table
 from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, gather_input
 from .docking import dock_as_tab
 from .layers import upsert_layer, wrapped_label
+from .side_by_side import SideBySide
 from .state import get_state
 from .workers import JobProgress, relay_steps, run_in_worker
 
@@ -44,13 +45,16 @@ class CompareWidget(Container):
         self.n_steps = SpinBox(label="IG steps", value=32, min=2, max=500)
         self.compare_button = PushButton(text="Compare (current slice)")
         self.cancel_button = PushButton(text="Cancel")
+        self.side_by_side = CheckBox(label="side by side", value=False,
+                                     tooltip="a, b and b - a in a grid, each over the image (napari's grid mode; "
+                                             "off restores your layers)")
         self.summary = wrapped_label(value="")
         self.table = Table(value={"data": [], "columns": []})
         self.out = FileEdit(label="export table", mode="w", filter="*.csv")
         self.export_button = PushButton(text="Export CSV + JSON")
         self.status = wrapped_label(value="")
         self.extend([self.mode, self.ckpt_a, self.ckpt_b, self.iter_a, self.iter_b, self.n_steps,
-                     self.compare_button, self.cancel_button, self.summary, self.table, self.out, self.export_button, self.status])
+                     self.compare_button, self.cancel_button, self.side_by_side, self.summary, self.table, self.out, self.export_button, self.status])
         self.compare_button.changed.connect(self.compare)
         self.export_button.changed.connect(self.export)
         self._cancel = threading.Event()
@@ -59,6 +63,9 @@ class CompareWidget(Container):
         self.mode.changed.connect(self._mode_changed)
         self._mode_changed(self.mode.value)
         self.result = None
+        self._grid = SideBySide(napari_viewer)
+        self._view = None  # (2D image, map layer names, geometry) of the last comparison
+        self.side_by_side.changed.connect(self._side_by_side_changed)
 
     def _mode_changed(self, mode):
         ckpts = mode == "two checkpoints"
@@ -163,12 +170,21 @@ class CompareWidget(Container):
         upsert_layer(self.viewer, "image", diff.astype(np.float32), DIFF_LAYER, colormap=shift_colormap(),
                      contrast_limits=symmetric_limits(diff, 99.0), opacity=1.0, blending="translucent",
                      metadata={"units": "x uniform share, b - a"}, **geom)
+        self._view = (np.asarray(inp.image[0]), [f"saliency {label}" for label, _, _ in jobs] + [DIFF_LAYER], geom)
+        self._side_by_side_changed()
         cols, rows = shift.table()
         self.table.value = {"data": rows, "index": [str(r[0]) for r in rows], "columns": cols}
         self.table.native.resizeColumnsToContents()
         self.summary.value = shift.summary()
         self.status.value = (f"saliency shown as multiples of a uniform map's share (1 = uniform); "
                              f"{DIFF_LAYER}: red where b looks more, blue where a does")
+
+    def _side_by_side_changed(self, *_):
+        if self.side_by_side.value and self._view is not None and all(n in self.viewer.layers for n in self._view[1]):
+            image, names, geom = self._view
+            self._grid.show(image, names, geom)
+        else:
+            self._grid.hide()
 
     def export(self, *_):
         from pathlib import Path
