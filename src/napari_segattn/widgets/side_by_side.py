@@ -23,9 +23,6 @@ def grid_of(viewer):
     return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
 
 
-
-
-
 class SideBySide:
     def __init__(self, viewer) -> None:
         self.viewer = viewer
