@@ -370,3 +370,26 @@ def test_instance_labels_are_not_taken_for_jpeg_noise(shared_data):
     mask[3, 4:7] = 2
     with pytest.warns(SegattnWarning, match="3 pixel"):
         to_label_map(mask, "m", binarize=True)
+
+
+def test_correction_radius_option_is_validated_and_recorded(tmp_path, capsys):
+    import json
+
+    idir, mdir = _folders(tmp_path, n=4)
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--epochs", "1",
+            "--batch-size", "2", "--device", "cpu", "--val-fraction", "0", "--binarize"]
+    assert main(base + ["--correction-radius", "5", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "correction_radius=(5, 2)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(base + ["--correction-radius", "2", "5", "--out", str(tmp_path / "ok")]) == 0
+    state = json.loads((tmp_path / "ok" / "last" / "training_state.json").read_text())
+    found = []
+
+    def walk(d):  # wherever the run's config sits in the resume state
+        if isinstance(d, dict):
+            if "correction_radius" in d:
+                found.append(d["correction_radius"])
+            for v in d.values():
+                walk(v)
+
+    walk(state)
+    assert found == [[2, 5]]

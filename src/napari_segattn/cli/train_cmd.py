@@ -63,6 +63,9 @@ def add_parser(sub) -> None:
                          "'{\"mixpool\": \"none\", \"mask_input\": true, \"edit_input\": true}'")
     fb.add_argument("--correction-prob", type=float_range(0.0, 1.0, low_open=False, high_open=False), metavar="P",
                     help="share of samples fed a simulated correction with --feedback corrections (default 0.5)")
+    fb.add_argument("--correction-radius", type=POSITIVE_INT, nargs=2, metavar=("LO", "HI"),
+                    help="brush radius of the simulated corrections in px, drawn from [LO, HI] (default 8 48; a few px "
+                         "trains for click-like corrections on small objects)")
     p.set_defaults(func=run)
 
 
@@ -179,6 +182,7 @@ def _config(args):
         "tv_alpha": args.tv_alpha, "seed": args.seed, "augment": args.augment, "max_minutes": args.max_minutes,
         "checkpoint_every": args.checkpoint_every,
         "feedback": args.feedback, "correction_prob": args.correction_prob,
+        "correction_radius": tuple(args.correction_radius) if args.correction_radius else None,
     }
     cfg = recipe_for(args.model)
     try:
