@@ -8,7 +8,7 @@ import json
 
 import napari
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, Select, SpinBox, TextEdit
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error
 
 from .docking import dock_as_tab
 from .layers import layer_kind, wrapped_label
@@ -329,7 +329,9 @@ class ModelWidget(Container):
         if loaded.source != "built":
             remember_model(loaded.source)
             self._refresh_known(select=loaded.source)
-        show_info(f"{'built' if loaded.source == 'built' else 'loaded'} {loaded.name}")
+        # said on the status and "loaded" lines, not in a notification: napari's first toast of a
+        # session costs the GUI thread ~250 ms (its dialog is created and shown), measured as the
+        # whole stall of Load (scripts/measure_stalls.py --why)
         return loaded
 
     # -- display -------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def _warm() -> None:
     import skimage.filters  # noqa: F401
     import skimage.measure  # noqa: F401
 
-    from .. import inference, models  # noqa: F401
+    from .. import data, explain, inference, metrics, models, training  # noqa: F401
 
 
 def start_warm_up() -> threading.Thread:
