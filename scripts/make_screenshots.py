@@ -49,6 +49,23 @@ def main() -> int:
     refine.step_button.clicked.emit()
     settle()
     shot("02_refine", "Predict and refine")
+    # a painted correction (issue 12): one nucleus of the mask erased, a box of background added,
+    # Step limited to the box around the paint and to changes touching it
+    import numpy as np
+    from scipy import ndimage
+
+    fb = viewer.layers["feedback mask (paint, then Step)"]
+    painted = fb.data.copy()
+    objects, n = ndimage.label(painted > 0)
+    if n:
+        painted[objects == 1 + n // 2] = 0
+    painted[20:44, 20:44] = 1
+    fb.data = painted
+    refine.focus.value = 24
+    refine.merge.value = True
+    refine.step_button.clicked.emit()
+    settle()
+    shot("02b_correction", "Predict and refine")
     inspect = docked["Inspect"]
     inspect.error_button.clicked.emit()
     settle()
@@ -64,6 +81,16 @@ def main() -> int:
     inspect.attention_button.clicked.emit()
     settle()
     shot("05_attention", "Inspect")
+    viewer.layers["attention maps (axis 0 = stage)"].visible = False
+    if "Compare" in docked:  # FANet iteration 1 vs 3 of this refinement, side by side
+        compare = docked["Compare"]
+        compare.mode.value = "FANet iteration a vs b"
+        compare.iter_a.value, compare.iter_b.value = 1, 3
+        compare.n_steps.value = 8
+        compare.side_by_side.value = True
+        compare.compare_button.clicked.emit()
+        settle()
+        shot("06_compare_side_by_side", "Compare")
     viewer.close()
     return 0
 

@@ -51,6 +51,7 @@ class SideBySide:
             if layer.name not in maps and not layer.metadata.get("side_by_side"):
                 layer.visible = False
         grid.stride, grid.shape, grid.enabled = -2, (1, len(maps)), True
+        v.reset_view()  # each cell's camera fits its image (else the cells crop the old view)
 
     def hide(self) -> None:
         if self._saved is None:
@@ -68,3 +69,4 @@ class SideBySide:
         known = [n for n in saved["order"] if n in v.layers]
         for target, name in enumerate(known):
             v.layers.move(v.layers.index(name), target)
+        v.reset_view()
