@@ -162,3 +162,20 @@ def test_corrections_clicks_focus_keeps_the_mask_outside_the_box(smoke, shared_d
     box = np.zeros(truth.shape, bool)
     box[max(0, ys.min() - 16):ys.max() + 17, max(0, xs.min() - 16):xs.max() + 17] = True
     assert not (r.mask != fed)[~box].any()
+
+
+def test_corrections_wm_holds_out_odd_slices_with_white_matter(smoke, shared_data):
+    """The white-matter protocol: MNI152 T1 at 2 mm, only slices with >= 8 % white matter, even
+    ones train and odd ones are held out; the control (released, trained as long) is a method."""
+    from napari_segattn.experiments import common, corrections, corrections_wm
+
+    res, out = smoke("corrections-wm")
+    methods = {"paint only", "released", "correction-aware", "released, trained as long"}
+    assert {(r["dataset"], r["method"]) for r in res["table"]} == {("mni-wm", m) for m in methods}
+    p = corrections_wm.SCALE["smoke"]
+    (tr_i, tr_l), (va_i, va_l), test, _ = corrections._mni_wm(common.data_root(shared_data, "mni152"), p)
+    images, labels, zs = common.mni_slices(common.data_root(shared_data, "mni152"), p["mni_factor"])
+    held_out = {int(name.split("z=")[1]) for name, _, _ in test}
+    assert len(held_out) == 4 and all(np.mean(t) >= 0.08 for _, _, t in test)
+    train_z = {zs[i] for i, im in enumerate(images) if any(np.array_equal(im, t) for t in tr_i)}
+    assert len(tr_i) == p["mni_train"] == len(train_z) and not held_out & train_z

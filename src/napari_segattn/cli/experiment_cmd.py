@@ -1,7 +1,7 @@
 """``segattn experiment NAME --data PATH [--full] [--out DIR] [--seed N | --seeds N ...]``: reproduce
 a paper claim (with ``--seeds``: once per seed, then mean ± sd tables and claims).
 
-NAME: fanet-ablation | mistakes | attention-shift | fu-net | corrections | corrections-clicks. Default is the CPU-sized
+NAME: fanet-ablation | mistakes | attention-shift | fu-net | corrections | corrections-clicks | corrections-wm. Default is the CPU-sized
 ``reduced`` scale; ``--full`` is the paper's configuration (GPU); ``--smoke`` a seconds-long
 check of the pipeline. Writes CSV tables, PNG figures and results.json (docs/reproduction.md).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from . import CLIError
 from .argtypes import POSITIVE_INT
 
-NAMES = ("fanet-ablation", "mistakes", "attention-shift", "fu-net", "corrections", "corrections-clicks")
+NAMES = ("fanet-ablation", "mistakes", "attention-shift", "fu-net", "corrections", "corrections-clicks", "corrections-wm")
 
 
 def add_parser(sub) -> None:

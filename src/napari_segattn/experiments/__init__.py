@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import attention_shift, corrections, corrections_clicks, fanet_ablation, fu_net, mistakes
+from . import attention_shift, corrections, corrections_clicks, corrections_wm, fanet_ablation, fu_net, mistakes
 from .common import SCALES
 from .seeds import run_seeds, summarise
 
-STUDIES = {m.NAME: m for m in (fanet_ablation, mistakes, attention_shift, fu_net, corrections, corrections_clicks)}
+STUDIES = {m.NAME: m for m in (fanet_ablation, mistakes, attention_shift, fu_net, corrections, corrections_clicks, corrections_wm)}
 
 __all__ = ["STUDIES", "SCALES", "run_study", "run_seeds", "summarise"]
 
