@@ -7,25 +7,15 @@ torch._dynamo import racing it)."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
+
+from test_workflow_widgets import StallMeter, _wait_idle
 
 pytestmark = pytest.mark.gui
 
 
-def _pump(until, timeout_s=60.0):
-    from qtpy.QtWidgets import QApplication
-
-    end = time.perf_counter() + timeout_s
-    while not until() and time.perf_counter() < end:
-        QApplication.processEvents()
-        time.sleep(0.002)
-    assert until(), "timed out"
-
-
-def test_placeholders_are_filled_in_place_and_unfilled_ones_dropped(make_napari_viewer):
+def test_placeholders_are_filled_in_place_and_unfilled_ones_dropped(make_napari_viewer, qtbot):
     from napari_segattn.widgets.layers import prepare_layers, upsert_layer
 
     viewer = make_napari_viewer()
@@ -35,7 +25,7 @@ def test_placeholders_are_filled_in_place_and_unfilled_ones_dropped(make_napari_
              ("labels", "mine", (8, 8), np.uint8, {})]
     discard = prepare_layers(viewer, specs)
     assert "result" not in viewer.layers  # nothing on the GUI thread before the event loop turns
-    _pump(lambda: "result" in viewer.layers and "never filled" in viewer.layers)
+    qtbot.waitUntil(lambda: "result" in viewer.layers and "never filled" in viewer.layers, timeout=10_000)
     placeholder = viewer.layers["result"]
     assert placeholder.metadata["placeholder"] and placeholder.opacity == pytest.approx(0.4)
     assert not placeholder.data.any() and viewer.layers["never filled"].data.shape == (2, 8, 8)
@@ -64,42 +54,15 @@ def test_a_cancelled_first_step_leaves_no_layers(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
     before = [l.name for l in viewer.layers]
     rw.step_button.clicked.emit()
-    _pump(lambda: len(viewer.layers) > len(before))  # a placeholder appeared while it runs
+    qtbot.waitUntil(lambda: len(viewer.layers) > len(before), timeout=60_000)  # a placeholder appeared while it runs
     rw.cancel_button.clicked.emit()
-    qtbot.waitUntil(lambda: not state.busy, timeout=60_000)
-    _pump(lambda: True)
+    _wait_idle(qtbot, state)
+    qtbot.wait(50)
     # the refiner may have been built before Cancel (its initial mask is then shown); either way
     # no placeholder is left
     assert not any(l.metadata.get("placeholder") for l in viewer.layers)
     if state.refiner is None:
         assert [l.name for l in viewer.layers] == before
-
-
-class _Meter:
-    def __init__(self):
-        from qtpy.QtCore import QTimer
-
-        self.gaps, self._last = [], time.perf_counter()
-        self.timer = QTimer()
-        self.timer.timeout.connect(self._tick)
-
-    def _tick(self):
-        now = time.perf_counter()
-        self.gaps.append(now - self._last)
-        self._last = now
-
-    def measure(self, start, busy) -> float:
-        from qtpy.QtWidgets import QApplication
-
-        self.gaps, self._last = [], time.perf_counter()
-        self.timer.start(10)
-        start()
-        _pump(lambda: not busy(), timeout_s=120)
-        for _ in range(20):
-            QApplication.processEvents()
-            time.sleep(0.005)
-        self.timer.stop()
-        return max(self.gaps[1:] or [0.0])
 
 
 def test_first_predict_and_step_with_the_demo_model_keep_the_viewer_responsive(make_napari_viewer, qtbot):
@@ -117,11 +80,16 @@ def test_first_predict_and_step_with_the_demo_model_keep_the_viewer_responsive(m
     mw.ckpt.value = str(demo_checkpoint_path())
     mw.load_button.clicked.emit()
     qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
-    meter = _Meter()
-    busy = lambda: state.busy  # noqa: E731
-    predict = meter.measure(lambda: rw.predict_button.clicked.emit(), busy)
-    first_step = meter.measure(lambda: rw.step_button.clicked.emit(), busy)
-    later_step = meter.measure(lambda: rw.step_button.clicked.emit(), busy)
+    def longest_stall(button) -> float:
+        with StallMeter() as meter:
+            button.clicked.emit()
+            _wait_idle(qtbot, state)
+            qtbot.wait(100)  # the results reach their layers
+        return meter.longest
+
+    predict = longest_stall(rw.predict_button)
+    first_step = longest_stall(rw.step_button)
+    later_step = longest_stall(rw.step_button)
     print(f"longest stall: first Predict {predict * 1000:.0f} ms, first Step {first_step * 1000:.0f} ms, "
           f"second Step {later_step * 1000:.0f} ms")
     assert viewer.layers["refinement (0 = initial mask)"].data.shape == (3, 512, 512)

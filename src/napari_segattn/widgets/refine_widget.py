@@ -126,6 +126,7 @@ class PredictRefineWidget(Container):
         self._shown = None  # "prediction" or "refinement": which mask was drawn last
         self.last_prediction = None
         self.last_instances = None
+        self._instances_token = 0  # bumped per labelling: a worker's result for an older mask is dropped
         self.predict_button.changed.connect(self.predict)
         self.threshold.changed.connect(self._threshold_changed)
         self.instances.changed.connect(self._instances_changed)
@@ -282,7 +283,7 @@ class PredictRefineWidget(Container):
 
     def _instances_changed(self, *_):
         if not self.instances.value:
-            self._instances_token = getattr(self, "_instances_token", 0) + 1  # a running labelling is dropped
+            self._instances_token += 1  # a running labelling is dropped
             if INSTANCES_LAYER in self.viewer.layers and self.viewer.layers[INSTANCES_LAYER].metadata.get("segattn"):
                 self.viewer.layers[INSTANCES_LAYER].visible = False
             self.objects.value = ""
@@ -307,7 +308,7 @@ class PredictRefineWidget(Container):
             return None
         mask, geom, inp = shown
         split = bool(self.split_touching.value)
-        self._instances_token = token = getattr(self, "_instances_token", 0) + 1
+        self._instances_token = token = self._instances_token + 1
         if mask.size <= INSTANCES_SYNC_PIXELS:
             return self._draw_instances(_label_instances(mask, split), geom, inp)
         self.objects.value = f"labelling objects{' (watershed split)' if split else ''}..."
@@ -375,11 +376,15 @@ class PredictRefineWidget(Container):
             on_yield=self._progress_shower("predicting"), layers=self._prediction_layer_specs(inp),
         ) if n else None
 
+    @staticmethod
+    def _prediction_display(inp) -> dict:
+        return {"opacity": 0.5, "scale": inp.scale, "translate": inp.translate}
+
     def _prediction_layer_specs(self, inp) -> list:
-        geom = {"scale": inp.scale, "translate": inp.translate}
-        specs = [("labels", "prediction", inp.layer_shape, np.uint8, {"opacity": 0.5, **geom})]
+        specs = [("labels", "prediction", inp.layer_shape, np.uint8, self._prediction_display(inp))]
         if self.show_probs.value and self.state.loaded is not None and _is_binary(self.state.loaded.model):
-            specs.append(("image", "probability", inp.layer_shape, np.float32, {**PROBABILITY_DISPLAY, **geom}))
+            specs.append(("image", "probability", inp.layer_shape, np.float32,
+                          {**PROBABILITY_DISPLAY, "scale": inp.scale, "translate": inp.translate}))
         return specs
 
     def _progress_shower(self, what: str):
@@ -451,7 +456,7 @@ class PredictRefineWidget(Container):
         labels = pred.labels.astype(np.uint8)
         existing = self.viewer.layers[name].data if name in self.viewer.layers else None
         full = place_slice(inp.layer_shape, inp.slice_index, labels, existing if inp.slice_index is not None else None)
-        upsert_layer(self.viewer, "labels", full, name, opacity=0.5, scale=inp.scale, translate=inp.translate)
+        upsert_layer(self.viewer, "labels", full, name, **self._prediction_display(inp))
 
     def _show_prediction(self, inp, pred):
         self._draw_prediction(inp, pred)
@@ -574,15 +579,21 @@ class PredictRefineWidget(Container):
     def _refinement_layer_specs(self, inp) -> list:
         """The layers ``_show_history`` draws (the probability stack only when shown)."""
         mask_shape = (inp.image.shape[0], *inp.spatial) if inp.is_volume else inp.spatial
-        specs = [("labels", REFINEMENT_LAYER, (1, *mask_shape), np.uint8,
-                  {**REFINEMENT_DISPLAY, "colormap": label_colormap(REFINEMENT_COLORS),
-                   "metadata": {"iteration_axis": 0}, **self._spatial_geometry(inp, leading=1)}),
-                 ("labels", self._feedback_layer_name(), mask_shape, np.uint8,
-                  {**FEEDBACK_DISPLAY, "colormap": label_colormap(FEEDBACK_COLORS), **self._spatial_geometry(inp)})]
+        shown = self._refinement_displays(inp)
+        specs = [("labels", REFINEMENT_LAYER, (1, *mask_shape), np.uint8, shown["stack"]),
+                 ("labels", self._feedback_layer_name(), mask_shape, np.uint8, shown["feedback"])]
         if self.show_probs.value:
-            specs.append(("image", "refinement probability", (1, *mask_shape), np.float32,
-                          {**PROBABILITY_DISPLAY, **self._spatial_geometry(inp, leading=1)}))
+            specs.append(("image", "refinement probability", (1, *mask_shape), np.float32, shown["probability"]))
         return specs
+
+    def _refinement_displays(self, inp) -> dict:
+        """Display settings of the refinement stack, its probabilities and the feedback layer."""
+        stack_geom = self._spatial_geometry(inp, leading=1)
+        return {"stack": {**REFINEMENT_DISPLAY, "colormap": label_colormap(REFINEMENT_COLORS),
+                          "metadata": {"iteration_axis": 0}, **stack_geom},
+                "probability": {**PROBABILITY_DISPLAY, **stack_geom},
+                "feedback": {**FEEDBACK_DISPLAY, "colormap": label_colormap(FEEDBACK_COLORS),
+                             **self._spatial_geometry(inp)}}
 
     def reset(self, *_):
         """Forget the refinement: the next Step starts from the initial mask of the inputs chosen then."""
@@ -613,12 +624,11 @@ class PredictRefineWidget(Container):
             return
         masks = [refiner.initial_mask] + [r.mask for r in refiner.history]
         stack = np.stack(masks).astype(np.uint8)
-        geom = self._spatial_geometry(inp, leading=1)
-        upsert_layer(self.viewer, "labels", stack, REFINEMENT_LAYER, **REFINEMENT_DISPLAY,
-                     colormap=label_colormap(REFINEMENT_COLORS), metadata={"iteration_axis": 0}, **geom)
+        shown = self._refinement_displays(inp)
+        upsert_layer(self.viewer, "labels", stack, REFINEMENT_LAYER, **shown["stack"])
         if self.show_probs.value and refiner.history:
             probs = np.stack([np.zeros_like(refiner.history[0].probabilities)] + [r.probabilities for r in refiner.history])
-            upsert_layer(self.viewer, "image", probs, "refinement probability", **PROBABILITY_DISPLAY, **geom)
+            upsert_layer(self.viewer, "image", probs, "refinement probability", **shown["probability"])
         # name the new leading axis and jump the dims slider to the newest iteration
         if self.viewer.dims.ndim == stack.ndim:
             step = list(self.viewer.dims.current_step)
@@ -626,7 +636,7 @@ class PredictRefineWidget(Container):
             self.viewer.dims.current_step = tuple(step)
             label_stack_axis(self.viewer)
         upsert_layer(self.viewer, "labels", refiner.current_mask.astype(np.uint8), self._feedback_layer_name(),
-                     **FEEDBACK_DISPLAY, colormap=label_colormap(FEEDBACK_COLORS), **self._spatial_geometry(inp))
+                     **shown["feedback"])
         self._show_painted()
         self._shown = "refinement"
         self._update_instances()
