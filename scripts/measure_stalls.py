@@ -35,9 +35,21 @@ class StallSampler:
     def __init__(self, meter) -> None:
         import threading
 
+        import gc
+
         self.meter, self.main, self.samples = meter, threading.main_thread().ident, []
         self.stop = threading.Event()
+        self.collections, self._gc_start = [], 0.0  # full collections (they hold the GIL)
+        gc.callbacks.append(self._on_gc)
         threading.Thread(target=self._loop, daemon=True).start()
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.collections.append((self._gc_start, time.perf_counter()))
 
     def _loop(self) -> None:
         import sys
@@ -58,7 +70,9 @@ class StallSampler:
         t0 = gap_end - gap_ms / 1000
         inside = collections.Counter(stack for t, stack in self.samples if t0 <= t <= gap_end)
         self.samples.clear()
-        return inside.most_common(n)
+        gc_ms = sum(max(0.0, min(b, gap_end) - max(a, t0)) for a, b in self.collections) * 1000
+        self.collections.clear()
+        return [(f"full garbage collections: {gc_ms:.0f} ms of this stall", 1), *inside.most_common(n)]
 
 
 class Meter:

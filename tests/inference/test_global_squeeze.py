@@ -226,3 +226,25 @@ def test_instance_norm_with_running_statistics_is_left_alone():
     dependence, nothing to measure."""
     net = torch.nn.Sequential(torch.nn.InstanceNorm2d(3, track_running_stats=True), torch.nn.InstanceNorm2d(3))
     assert stat_layers(net) == [net[1]]
+
+
+def test_progress_counts_the_statistics_passes():
+    """The measurement is the larger part of a squeeze='slice' run (one partial pass of the
+    windows per layer): progress covers it as windows, stage "statistics", then the windows
+    themselves, steadily up to the total, for each slice of a volume."""
+    model = _local_in()
+    vol = np.stack([_image((96, 120), 0), _image((96, 120), 1)])
+    events = []
+    pred = predict(model, vol, device="cpu", amp=False, slice_axis=0, tile=48, overlap=0.5, squeeze="slice",
+                   batch_size=2, progress=events.append)
+    n_layers, windows = len(stat_layers(model)), pred.info["windows"] // 2
+    assert n_layers >= 2 and windows > 1
+    assert {e.total for e in events} == {2 * windows * (1 + n_layers)}
+    done = [e.done for e in events]
+    assert done == sorted(done) and done[0] == 0 and done[-1] == events[0].total
+    stages = [e.stage for e in events[1:]]
+    # per slice: the statistics passes first, then its windows
+    assert stages.count("statistics") == 2 * n_layers * -(-windows // 2)
+    first_window = stages.index("windows")
+    assert set(stages[:first_window]) == {"statistics"} and "statistics" in stages[first_window:]
+    assert pred.info["statistics_passes"] == 2 * n_layers * windows

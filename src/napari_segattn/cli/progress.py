@@ -24,9 +24,13 @@ class ProgressBar:
 
         if self.bar is None or self.bar.total != ev.total:
             self.close()
-            unit = " windows" if getattr(ev, "stage", "") == "windows" else " slices"
+            # squeeze="slice" measures statistics in partial passes of the windows, counted as windows
+            unit = " windows" if getattr(ev, "stage", "") in ("windows", "statistics") else " slices"
             self.bar = tqdm(total=ev.total, desc=self.label, unit=unit, file=self.file, disable=self.disable,
                             dynamic_ncols=True, leave=True)
+        stage = getattr(ev, "stage", "")
+        if stage in ("windows", "statistics"):
+            self.bar.set_postfix_str("slice statistics" if stage == "statistics" else "", refresh=False)
         self.bar.update(ev.done - self.bar.n)
         if ev.done >= ev.total:
             self.close()

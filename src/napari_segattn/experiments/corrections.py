@@ -10,7 +10,10 @@ held-out images of two data sets:
 * ``released``: FANet trained as released (fed its own stored predictions);
 * ``correction-aware``: the released model with the mask and the user's edit as extra input
   channels (``mask_input=True, edit_input=True``, zero-initialised), fine-tuned with
-  ``feedback="corrections"`` for half the epochs again at a tenth of the learning rate.
+  ``feedback="corrections"`` for half the epochs again at a tenth of the learning rate;
+* ``released, trained as long`` (reduced and full scales): the control, the released model
+  fine-tuned just as long at that rate with its own feedback, so that the correction-aware
+  model's longer training is not taken for a better use of corrections.
 
 Per round k = 0..10: Dice; the *gain outside the paint* (Dice after the model's step minus
 Dice of the painted mask it was fed: what the model added beyond the user's own pixels);
@@ -51,10 +54,10 @@ SCALE = {
                   focus=None, merge=False),
     "reduced": dict(width=16, rounds=10, epochs=8, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=60,
                     brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
-                  focus=None, merge=False),
+                    focus=None, merge=False, control=True),
     "full": dict(width=32, rounds=20, epochs=200, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=500,
                  brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
-                  focus=None, merge=False),
+                 focus=None, merge=False, control=True),
 }
 TABLES = {"per_round.csv": ("dataset", "method", "round"), "table.csv": ("dataset", "method")}
 TARGETS = (0.90, 0.95)

@@ -28,7 +28,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-__all__ = ["stat_layers", "fixed_stats", "slice_stats", "squeeze_layers", "fixed_squeeze", "slice_squeeze"]
+__all__ = ["stat_layers", "fixed_stats", "iter_slice_stats", "slice_stats", "squeeze_layers", "fixed_squeeze",
+           "slice_squeeze"]
 
 
 class _Stop(Exception):
@@ -182,7 +183,18 @@ class _Moments:
 
 def slice_stats(net, read, mread, grid, stride: int, batch_size: int = 4,
                 cancel: Callable[[], bool] | None = None) -> tuple[list, list]:
-    """``(layers in call order, their slice-wide statistics)`` for one slice.
+    """``(layers in call order, their slice-wide statistics)`` for one slice (blocking
+    :func:`iter_slice_stats`)."""
+    from .predict import drive
+
+    return drive(iter_slice_stats(net, read, mread, grid, stride, batch_size, cancel))
+
+
+def iter_slice_stats(net, read, mread, grid, stride: int, batch_size: int = 4,
+                     cancel: Callable[[], bool] | None = None):
+    """Measure one slice's statistics; yields the window passes done after each batch, of
+    ``len(stat_layers(net)) * len(grid)`` (one partial pass of every window per layer: the
+    progress bars count them), and *returns* ``(layers in call order, their statistics)``.
 
     ``read``/``mread`` give a window of the normalised slice / of the feedback mask (as
     ``tiling.iter_blend_block``); the windows run through ``net`` in float32, one batch at a
@@ -228,6 +240,7 @@ def slice_stats(net, read, mread, grid, stride: int, batch_size: int = 4,
         hook = layer.register_forward_pre_hook(measure)
         try:
             with fixed_stats(order[:k], stats):
+                passes = k * len(grid.slices)
                 for batch in batches:
                     if cancel is not None and cancel():
                         raise Cancelled("prediction cancelled")
@@ -236,9 +249,13 @@ def slice_stats(net, read, mread, grid, stride: int, batch_size: int = 4,
                         run(batch)
                     except _Stop:
                         pass
+                    passes += len(batch)
+                    yield passes
         finally:
             hook.remove()
         stats.append(acc.statistic(device))
+    if len(order) < len(layers):  # layers the forward never reached: their share is done too
+        yield len(layers) * len(grid.slices)
     return order, stats
 
 

@@ -70,7 +70,9 @@ MIN_AUTO_WINDOW = 64
 
 @dataclass(frozen=True)
 class TileProgress:
-    """Windows done of total (``stage="windows"``), the event tiled inference yields."""
+    """Windows done of total, the event tiled inference yields: ``stage="windows"``, or
+    ``"statistics"`` while ``squeeze="slice"`` measures a slice's statistics (those partial
+    passes of the windows are counted in ``done``/``total`` too)."""
 
     done: int
     total: int
@@ -457,6 +459,7 @@ def iter_stack_probabilities(
     Yields :class:`~napari_segattn.inference.PredictProgress` (slices) when whole,
     :class:`TileProgress` (windows) when tiled; *returns* ``(probabilities, info)``.
     """
+    from .global_squeeze import fixed_stats, iter_slice_stats, stat_layers
     from .predict import PredictProgress, _eval_on, run_batches, use_channels_last
 
     if squeeze not in ("window", "slice"):  # checked before any work, whole or tiled
@@ -481,7 +484,11 @@ def iter_stack_probabilities(
             return probs, {"tiled": False}
         grid = make_grid(hw, window, overlap, blend)
         forward = model_forward(net, traits, device, amp, cl)
-        total = n * len(grid)
+        # squeeze="slice": each slice first measures its statistics, one partial pass of its
+        # windows per SE/InstanceNorm layer; the progress counts those passes as windows too
+        passes = len(stat_layers(net)) if squeeze == "slice" else 0
+        per_slice = len(grid) * (1 + passes)
+        total = n * per_slice
         yield TileProgress(0, total)
         for z in range(n):
             if source is not None:
@@ -489,7 +496,17 @@ def iter_stack_probabilities(
             else:
                 read = lambda sy, sx, z=z: stack[z][:, sy, sx]  # noqa: E731
             mread = None if masks is None else (lambda sy, sx, z=z: masks[z][sy, sx])
-            with _squeeze_of_slice(squeeze, net, read, mread, grid, getattr(model, "stride", 1), batch_size, cancel):
+            layers, stats = [], []
+            if passes:
+                gen = iter_slice_stats(net, read, mread, grid, getattr(model, "stride", 1), max(1, batch_size), cancel)
+                while True:
+                    try:
+                        done = next(gen)
+                    except StopIteration as stop:
+                        layers, stats = stop.value
+                        break
+                    yield TileProgress(z * per_slice + done, total, "statistics")
+            with fixed_stats(layers, stats):
                 gen = iter_blend_block(forward, read, grid, k, mask=mread, batch_size=batch_size, cancel=cancel)
                 while True:
                     try:
@@ -497,21 +514,9 @@ def iter_stack_probabilities(
                     except StopIteration as stop:
                         probs[z] = stop.value
                         break
-                    yield TileProgress(z * len(grid) + done, total)
-    return probs, {"tiled": True, "window": list(window), "overlap": overlap, "windows": total}
-
-
-def _squeeze_of_slice(squeeze: str, net, read, mread, grid, stride, batch_size, cancel):
-    """A context in which ``net``'s SE and InstanceNorm layers use this slice's statistics
-    (``squeeze="slice"``)."""
-    import contextlib
-
-    if squeeze == "window":
-        return contextlib.nullcontext()
-    from .global_squeeze import fixed_stats, slice_stats
-
-    layers, stats = slice_stats(net, read, mread, grid, stride, max(1, batch_size), cancel)
-    return fixed_stats(layers, stats)
+                    yield TileProgress(z * per_slice + passes * len(grid) + done, total)
+    return probs, {"tiled": True, "window": list(window), "overlap": overlap, "windows": n * len(grid),
+                   "statistics_passes": n * passes * len(grid)}
 
 
 def stack_probabilities(model, traits, stack, masks, **kwargs) -> np.ndarray:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import threading
 
+from .gc_freeze import freeze_long_lived
+
 __all__ = ["start_warm_up", "wait_for_warm_up", "warm_up_done"]
 
 _THREAD: threading.Thread | None = None
@@ -20,10 +22,16 @@ _LOCK = threading.Lock()
 
 
 def _warm() -> None:
+    # After each step the objects made so far (the viewer's, then the modules') are frozen out
+    # of the collector's full passes, which otherwise hold the GIL for 350-460 ms on a loaded
+    # machine (widgets/gc_freeze.py); freezing before the imports keeps their own passes short.
+    freeze_long_lived()
     import torch
 
+    freeze_long_lived()
     # The first optimiser imports torch's compiler stack (torch._dynamo, sympy).
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    freeze_long_lived()
     # What napari imports on its first labels layer (features table) and what our results use.
     import pandas  # noqa: F401
     import safetensors.torch  # noqa: F401
@@ -32,6 +40,8 @@ def _warm() -> None:
     import skimage.measure  # noqa: F401
 
     from .. import data, explain, inference, metrics, models, training  # noqa: F401
+
+    freeze_long_lived()
 
 
 def start_warm_up() -> threading.Thread:

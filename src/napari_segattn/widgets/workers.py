@@ -138,7 +138,7 @@ class ProgressLine:
     """"predict: 12/94 slices, 3 s, ETA 21 s" from done/total events, for a widget's status
     line (napari's activity bar shows a count only when opened, and no ETA)."""
 
-    UNITS = {"windows": "windows"}
+    UNITS = {"windows": "windows", "statistics": "windows (measuring the slice's statistics)"}
 
     def __init__(self, what: str) -> None:
         import time
