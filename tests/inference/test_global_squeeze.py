@@ -248,3 +248,82 @@ def test_progress_counts_the_statistics_passes():
     first_window = stages.index("windows")
     assert set(stages[:first_window]) == {"statistics"} and "statistics" in stages[first_window:]
     assert pred.info["statistics_passes"] == 2 * n_layers * windows
+
+
+# -- the PAM paper's baselines' global poolings (scSE, CBAM, GC) ------------------------------
+
+class LocalAttention(SegmentationModel):
+    """conv3x3 -> one baseline attention block -> ReLU -> 1x1: the block's global pooling is the
+    only non-local part, so with the slice's statistic tiled must equal whole."""
+
+    stride = 1
+
+    def __init__(self, block: str = "cbam", in_channels: int = 1, out_channels: int = 1) -> None:
+        from napari_segattn.models.pam.baselines import CBAM, ConcurrentSCSE, GlobalContext
+
+        super().__init__(in_channels, out_channels)
+        g = torch.Generator().manual_seed(1)
+        self.a = torch.nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.block = {"scse": ConcurrentSCSE, "cbam": CBAM, "gc": GlobalContext}[block](16, 4)
+        self.head = torch.nn.Conv2d(16, out_channels, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * (1.0 if p.ndim > 1 else 0.5))
+            if block == "cbam":  # unsaturated channel attention, so its descriptors matter
+                for p in self.block.parameters():
+                    p.mul_(0.2)
+
+    def _forward(self, x):
+        return 0.1 * self.head(torch.relu(self.block(self.a(x))))
+
+
+if "_local_attention" not in _REGISTRY:
+    register_model("_local_attention", summary="test stand-in", paper="-")(LocalAttention)
+
+
+@pytest.mark.parametrize("block", ["scse", "cbam", "gc"])
+def test_baseline_attention_pooling_uses_the_slice(block):
+    """scSE's channel mean, CBAM's mean and maximum and GCNet's softmax-weighted context pool
+    over the whole input: per window they differ (max |dp| 0.006-0.18); with the slice's
+    statistic tiled equals whole (< 1e-3, 20x closer at least; what is left is the windows' zero
+    padding under their small border weights), and the block is left as found."""
+    model = LocalAttention(block)
+    model.segattn_config = {"name": "_local_attention", "config": {"block": block}}
+    model.segattn_normalization = None
+    model.eval()
+    img = _image((96, 120))
+    img[60:70, 100:110] += 3.0  # a bright spot only some windows see: CBAM's maximum, GC's softmax
+    kw = dict(device="cpu", amp=False)
+    whole = predict(model, img, tile=0, **kw)
+    per_window = predict(model, img, tile=48, overlap=0.5, **kw)
+    sliced = predict(model, img, tile=48, overlap=0.5, squeeze="slice", **kw)
+    assert stat_layers(model) == [model.block]
+    assert _max_err(per_window, whole) > 5e-3
+    assert _max_err(sliced, whole) < min(1e-3, _max_err(per_window, whole) / 20)
+    assert model.block.fixed_pool is None
+
+
+def test_baseline_unets_measure_their_attention_blocks():
+    """In the registry's cscunet, cbamunet and gcnunet every attention block is measured, after
+    the InstanceNorms before it in call order."""
+    from napari_segattn.inference.global_squeeze import slice_stats
+    from napari_segattn.inference.tiling import make_grid
+    from napari_segattn.models import build_model
+    from napari_segattn.models.pam.baselines import CBAM, ConcurrentSCSE, GlobalContext
+
+    img = _image((64, 64))
+    for name, kind in (("cscunet", ConcurrentSCSE), ("cbamunet", CBAM), ("gcnunet", GlobalContext)):
+        torch.manual_seed(0)
+        model = build_model(name, in_channels=1, out_channels=1, width=4).eval()
+        blocks = [m for m in model.modules() if isinstance(m, kind)]
+        order, stats = slice_stats(model, lambda sy, sx: img[None, sy, sx], None, make_grid((64, 64), (32, 32), 0.5),
+                                   model.stride)
+        assert blocks and set(blocks) <= set(order), name
+        for layer, stat in zip(order, stats):
+            if isinstance(layer, kind):
+                assert stat.shape == ((2, layer_channels(layer)) if kind is CBAM else (layer_channels(layer),))
+                assert torch.isfinite(stat).all()
+
+
+def layer_channels(block) -> int:
+    return next(m for m in block.modules() if isinstance(m, torch.nn.Conv2d)).in_channels

@@ -1,7 +1,9 @@
-"""Tiled inference with the whole slice's normalisation statistics (SE squeezes, InstanceNorm).
+"""Tiled inference with the whole slice's statistics (SE squeezes, InstanceNorm, global pooling).
 
-Two kinds of layer pool over their *whole input*: FANet's squeeze-and-excitation
-(``x.mean((2, 3))``) and the PAM U-Nets' ``InstanceNorm2d`` (per-channel mean and variance).
+Some layers pool over their *whole input*: FANet's squeeze-and-excitation
+(``x.mean((2, 3))``), the PAM U-Nets' ``InstanceNorm2d`` (per-channel mean and variance), and
+the PAM paper's baselines' attention blocks (scSE's channel mean, CBAM's channel mean and
+maximum, GCNet's softmax-weighted context).
 A window sees other statistics than the whole slice, so tiled inference disagrees with
 whole-slice inference (demo FANet, DSB 512²: Dice 0.987-0.995, max |dp| 0.34-0.53). Here
 each such layer's statistics are first computed over the slice from the windows, in call
@@ -15,8 +17,8 @@ predictor sees one window at a time). What stays different for the PAM U-Nets is
 decoder's ``align_corners=True`` upsampling, which depends on the map's size
 (docs/large-images.md).
 
-One measurement loop serves both kinds; :class:`_Kind` says per kind which moments to
-accumulate and how to apply them.
+One measurement loop serves every kind; :class:`_Kind` says per kind what to accumulate over
+the owned parts and how to apply the result.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class _Stop(Exception):
 class _Kind:
     """What to measure for one kind of layer and how to make it use the measured statistic."""
 
-    moments: int  # 1: the mean; 2: mean and (biased) variance
+    accumulator: Callable[[torch.nn.Module], "_Accumulator"]  # layer -> a fresh accumulator
     fix: Callable[[torch.nn.Module, torch.Tensor], None]
     unfix: Callable[[torch.nn.Module], None]
 
@@ -71,11 +73,25 @@ def _unfix_instance_norm(layer) -> None:
     layer.__dict__.pop("forward", None)
 
 
+def _fix_pool(layer, stat: torch.Tensor) -> None:
+    layer.fixed_pool = stat
+
+
+def _unfix_pool(layer) -> None:
+    layer.fixed_pool = None
+
+
 def _kinds() -> dict[type, _Kind]:
     from ..models.fanet import SELayer
+    from ..models.pam.baselines import CBAM, ConcurrentSCSE, GlobalContext
 
-    return {SELayer: _Kind(1, _fix_se, _unfix_se),
-            torch.nn.InstanceNorm2d: _Kind(2, _fix_instance_norm, _unfix_instance_norm)}
+    return {SELayer: _Kind(lambda _: _Moments(1), _fix_se, _unfix_se),
+            torch.nn.InstanceNorm2d: _Kind(lambda _: _Moments(2), _fix_instance_norm, _unfix_instance_norm),
+            # the PAM paper's baselines: scSE's channel squeeze, CBAM's mean and max, GCNet's
+            # softmax-weighted context
+            ConcurrentSCSE: _Kind(lambda _: _Moments(1), _fix_pool, _unfix_pool),
+            CBAM: _Kind(lambda _: _MeanMax(), _fix_pool, _unfix_pool),
+            GlobalContext: _Kind(_SoftmaxPool, _fix_pool, _unfix_pool)}
 
 
 def _kind(layer) -> _Kind:
@@ -83,8 +99,8 @@ def _kind(layer) -> _Kind:
 
 
 def stat_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The layers whose output depends on statistics of their whole input (SE, InstanceNorm2d;
-    not an InstanceNorm with running statistics, which uses those in eval)."""
+    """The layers whose output depends on statistics of their whole input (SE, InstanceNorm2d,
+    scSE, CBAM, GC; not an InstanceNorm with running statistics, which uses those in eval)."""
     kinds = tuple(_kinds())
     return [m for m in model.modules() if isinstance(m, kinds) and not getattr(m, "track_running_stats", False)]
 
@@ -153,7 +169,17 @@ def _float64(t: torch.Tensor) -> torch.Tensor:
     return t.double() if t.device.type != "mps" else t.cpu().double()
 
 
-class _Moments:
+class _Accumulator:
+    """Takes one window's owned part of a layer's input at a time; gives the slice's statistic."""
+
+    def add(self, part: torch.Tensor) -> None:  # part: (C, h, w)
+        raise NotImplementedError
+
+    def statistic(self, device) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class _Moments(_Accumulator):
     """Per-channel sums of x (and x²) in float64 over owned window parts -> the layer's statistic."""
 
     def __init__(self, moments: int) -> None:
@@ -177,6 +203,48 @@ class _Moments:
             return mean.float().to(device)
         var = (self.sums[1] / n - mean * mean).clamp_min(0)
         return torch.stack([mean, var]).float().to(device)
+
+
+class _MeanMax(_Accumulator):
+    """CBAM's two descriptors: per-channel mean and maximum -> ``(2, C)``."""
+
+    def __init__(self) -> None:
+        self.mean, self.peak = _Moments(1), None
+
+    def add(self, part: torch.Tensor) -> None:
+        self.mean.add(part)
+        peak = part.float().amax(dim=(1, 2))
+        self.peak = peak if self.peak is None else torch.maximum(self.peak, peak)
+
+    def statistic(self, device) -> torch.Tensor:
+        return torch.stack([self.mean.statistic(device), self.peak.to(device)])
+
+
+class _SoftmaxPool(_Accumulator):
+    """GCNet's context, sum_n x_n softmax(w . x)_n over the slice, merged across windows as a
+    streaming log-sum-exp (each part's weights rescaled to the running maximum logit)."""
+
+    def __init__(self, layer) -> None:
+        self.layer, self.top, self.num, self.den = layer, None, None, None
+
+    def add(self, part: torch.Tensor) -> None:
+        c = part.shape[0]
+        logits = _float64(self.layer.context(part[None]).reshape(-1))  # the layer's own 1x1 conv
+        x = _float64(part.reshape(c, -1))
+        top = logits.max()
+        if self.top is not None and self.top > top:
+            top = self.top
+        elif self.top is not None:  # a larger maximum: rescale what was summed so far
+            scale = torch.exp(self.top - top)
+            self.num, self.den = self.num * scale, self.den * scale
+        w = torch.exp(logits - top)
+        num, den = x @ w, w.sum()
+        self.num = num if self.num is None else self.num + num
+        self.den = den if self.den is None else self.den + den
+        self.top = top
+
+    def statistic(self, device) -> torch.Tensor:
+        return (self.num / self.den).float().to(device)
 
 
 # -- the measurement -----------------------------------------------------------------------------
@@ -224,7 +292,7 @@ def iter_slice_stats(net, read, mread, grid, stride: int, batch_size: int = 4,
     order = _call_order(net, layers, run, batches[0])
     stats: list[torch.Tensor] = []
     for k, layer in enumerate(order):
-        acc = _Moments(_kind(layer).moments)
+        acc = _kind(layer).accumulator(layer)
         current: list = []
 
         def measure(mod, args):

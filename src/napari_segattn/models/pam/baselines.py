@@ -38,6 +38,11 @@ class AttentionGate(ExposesAttention, nn.Module):
         return alpha * x + x
 
 
+def _given(stat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (C,) slice-wide statistic as the (B, C, 1, 1) pooled descriptor of ``x``'s batch."""
+    return stat.to(x.dtype).view(1, -1, 1, 1).expand(x.shape[0], -1, 1, 1)
+
+
 class ConcurrentSCSE(ExposesAttention, nn.Module):
     """Concurrent spatial and channel squeeze-excitation (Roy et al., MICCAI 2018).
 
@@ -46,6 +51,9 @@ class ConcurrentSCSE(ExposesAttention, nn.Module):
     """
 
     attention_kind = "csc_spatial"
+    #: (C,) channel means of the whole slice for tiled inference (``inference.global_squeeze``);
+    #: None: this input's own
+    fixed_pool: torch.Tensor | None = None
 
     def __init__(self, channels: int, reduction: int = 8) -> None:
         super().__init__()
@@ -56,7 +64,8 @@ class ConcurrentSCSE(ExposesAttention, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = torch.sigmoid(self.spatial(x))
-        channel = torch.sigmoid(self.expand(F.relu(self.squeeze(x.mean(dim=(2, 3), keepdim=True)))))
+        mean = x.mean(dim=(2, 3), keepdim=True) if self.fixed_pool is None else _given(self.fixed_pool, x)
+        channel = torch.sigmoid(self.expand(F.relu(self.squeeze(mean))))
         self.expose(spatial)
         return spatial * x + channel * x
 
@@ -70,6 +79,8 @@ class CBAM(ExposesAttention, nn.Module):
     """
 
     attention_kind = "cbam_spatial"
+    #: (2, C) channel means and maxima of the whole slice for tiled inference; None: this input's
+    fixed_pool: torch.Tensor | None = None
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
@@ -82,7 +93,11 @@ class CBAM(ExposesAttention, nn.Module):
         self.spatial = nn.Conv2d(2, 1, 3, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a_c = torch.sigmoid(self.mlp(x.mean(dim=(2, 3), keepdim=True)) + self.mlp(x.amax(dim=(2, 3), keepdim=True)))
+        if self.fixed_pool is None:
+            mean, peak = x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
+        else:
+            mean, peak = _given(self.fixed_pool[0], x), _given(self.fixed_pool[1], x)
+        a_c = torch.sigmoid(self.mlp(mean) + self.mlp(peak))
         xc = x * a_c
         a_s = torch.sigmoid(self.spatial(torch.cat([xc.mean(dim=1, keepdim=True), xc.amax(dim=1, keepdim=True)], dim=1)))
         self.expose(a_s)
@@ -119,6 +134,8 @@ class GlobalContext(ExposesAttention, nn.Module):
     """
 
     attention_kind = "gc_context"
+    #: (C,) softmax-pooled context of the whole slice for tiled inference; None: this input's
+    fixed_pool: torch.Tensor | None = None
 
     def __init__(self, channels: int, reduction: int = 8, norm: str = "layer") -> None:
         super().__init__()
@@ -133,7 +150,10 @@ class GlobalContext(ExposesAttention, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         weights = torch.softmax(self.context(x).view(b, 1, h * w), dim=-1)
-        context = torch.einsum("bcn,bkn->bc", x.view(b, c, h * w), weights).view(b, c, 1, 1)
+        if self.fixed_pool is None:
+            context = torch.einsum("bcn,bkn->bc", x.view(b, c, h * w), weights).view(b, c, 1, 1)
+        else:
+            context = _given(self.fixed_pool, x)
         t = self.expand(F.relu(self.norm(self.squeeze(context))))
         self.expose(weights.view(b, 1, h, w))
         return t * x + x
