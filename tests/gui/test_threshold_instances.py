@@ -47,6 +47,32 @@ def test_threshold_rethresholds_the_prediction_without_running_the_model(setup, 
     np.testing.assert_array_equal(viewer.layers["prediction"].data > 0, p > t)
 
 
+def test_threshold_moves_the_background_boundary_of_a_multiclass_model(setup, qtbot):
+    """Classes (a 3-class U-Net): the threshold used to say "binary models only". Now 0.5 is the
+    argmax, as released, and another value re-labels from the shown softmax without the model:
+    a pixel keeps its best non-background class k where p_k / (p_k + p_0) > t."""
+    from napari_segattn.inference import predict
+
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1, out_channels=3)
+    rw = widgets["PredictRefineWidget"]
+    rw.predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    probs = predict(state.loaded.model, img, device="cpu", amp=False).probabilities
+    np.testing.assert_array_equal(viewer.layers["prediction"].data, probs.argmax(0))
+    best = probs[1:].max(0)
+    odds = best / (best + probs[0])
+    t = round(float(np.quantile(odds, 0.5)), 2)
+    assert ((odds > t) != (odds > 0.5)).sum() > 100
+    calls = _count_calls(state.loaded.model)
+    rw.threshold.value = t
+    assert not calls, "a threshold change must not run the model"
+    shown = viewer.layers["prediction"].data
+    expected = np.where(odds > t, probs[1:].argmax(0) + 1, 0)
+    assert (shown != expected).sum() <= 2  # float32 ties at the boundary
+    assert "without running the model" in rw.status.value and "binary models only" not in rw.status.value
+
+
 def test_threshold_reaches_the_refinement_and_its_next_step(setup, qtbot):
     from napari_segattn.inference import predict
 

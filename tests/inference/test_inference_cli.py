@@ -37,6 +37,32 @@ def test_predict_2d_tif_and_no_overwrite(tmp_path, ckpt, capsys):
     assert main(["predict", ckpt(), str(tmp_path / "img.tif"), "--out", str(out), "--overwrite"]) == 0
 
 
+def test_predict_threshold_binary_and_multiclass(tmp_path, ckpt, capsys):
+    """--threshold T: binary labels p > T; classes by class_labels (0.5 = argmax); out of (0, 1)
+    refused in words before anything is read."""
+    from napari_segattn.inference.masks import class_labels
+
+    img = np.random.default_rng(0).random((20, 24)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "img.tif", img)
+    out = tmp_path / "labels.tif"
+    probs = tmp_path / "p.tif"
+    assert main(["predict", ckpt(), str(tmp_path / "img.tif"), "--out", str(out), "--threshold", "0.8",
+                 "--probabilities", str(probs)]) == 0
+    p = tifffile.imread(probs)
+    np.testing.assert_array_equal(tifffile.imread(out), (p > 0.8).astype(np.uint8))
+    assert (p > 0.8).sum() < (p > 0.5).sum()
+    multi = ckpt("plain", out_channels=3)
+    assert main(["predict", multi, str(tmp_path / "img.tif"), "--out", str(out), "--overwrite",
+                 "--probabilities", str(probs), "--threshold", "0.7"]) == 0
+    p = np.moveaxis(tifffile.imread(probs), -1, 0)
+    labels = tifffile.imread(out)
+    np.testing.assert_array_equal(labels, class_labels(p, 0.7))
+    assert (labels != p.argmax(0)).any()  # 0.7 is not the argmax
+    assert main(["predict", ckpt(), str(tmp_path / "img.tif"), "--out", str(tmp_path / "x.tif"),
+                 "--threshold", "1"]) == 2
+    assert "--threshold must be in (0, 1)" in capsys.readouterr().err and not (tmp_path / "x.tif").exists()
+
+
 def test_predict_nifti_volume_keeps_header(tmp_path, ckpt):
     vol = np.random.default_rng(1).random((10, 12, 5)).astype(np.float32)
     affine = np.diag([0.5, 0.5, 7.5, 1.0])

@@ -64,7 +64,35 @@ def test_multiclass_softmax_and_argmax(standin, rng):
     np.testing.assert_allclose(pred.probabilities.sum(0), 1.0, atol=1e-5)
     expected = np.abs(img[None] * 2 - np.arange(3)[:, None, None]).argmin(0)
     np.testing.assert_array_equal(pred.labels, expected)
-    assert pred.labels.dtype == np.uint8 and pred.threshold is None
+    assert pred.labels.dtype == np.uint8 and pred.threshold == 0.5
+
+
+def test_class_labels_are_argmax_at_one_half_and_move_only_the_background_boundary(rng):
+    """``class_labels``: at 0.5 exactly argmax (ties included: equal probabilities and the
+    float32 rounding of a softmax); two classes: the binary rule p_1 > t; a higher threshold
+    only turns pixels into background, never into another foreground class."""
+    from napari_segattn.inference.masks import class_labels
+
+    logits = rng.normal(size=(4, 64, 64)).astype(np.float32)
+    logits[:, :4] = 0.0  # exact ties in the first rows
+    p = np.exp(logits) / np.exp(logits).sum(0, keepdims=True)
+    np.testing.assert_array_equal(class_labels(p, 0.5), p.argmax(0))
+    two = p[:2] / p[:2].sum(0, keepdims=True)
+    for t in (0.3, 0.5, 0.8):
+        np.testing.assert_array_equal(class_labels(two, t), (two[1] > t).astype(np.uint8))
+    low, high = class_labels(p, 0.5), class_labels(p, 0.8)
+    assert (high != low).sum() > 100 and ((high == low) | (high == 0)).all()
+    with pytest.raises(ValueError, match="two classes"):
+        class_labels(p[:1])
+
+
+def test_multiclass_threshold_reaches_the_labels(standin, rng):
+    from napari_segattn.inference.masks import class_labels
+
+    img = rng.random((10, 10)).astype(np.float32)
+    pred = predict(standin("plain", out_channels=3), img, device="cpu", threshold=0.7)
+    np.testing.assert_array_equal(pred.labels, class_labels(pred.probabilities, 0.7))
+    assert pred.threshold == 0.7
 
 
 def test_rfna_reversal_gives_foreground(standin, rng):

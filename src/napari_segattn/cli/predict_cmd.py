@@ -83,6 +83,10 @@ def add_parser(sub) -> None:
                         "also for .zarr output, each iteration over the whole image before the next)")
     p.add_argument("--init", default="otsu", choices=["otsu", "empty", "full"],
                    help="FANet: initial feedback mask (default otsu, as released)")
+    p.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                   help="labels where the foreground probability > T (default 0.5, as released); multi-class: "
+                        "a pixel takes its best non-background class k where p_k / (p_k + p_background) > T "
+                        "(0.5 = argmax)")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--no-amp", action="store_true", help="no float16 autocast on CUDA (plain float32)")
@@ -153,8 +157,11 @@ def progress_printer(label: str):
 
 
 def run(args) -> int:
+    from ..inference.checks import check_threshold
     from .batch import expand_inputs, is_batch, refuse_inputs
 
+    with user_errors():
+        check_threshold(args.threshold, "--threshold")
     if is_batch(args.image):
         return _run_batch(args, expand_inputs(args.image))
     refuse_inputs([args.out, args.probabilities], args.image)
@@ -234,7 +241,7 @@ def _predict_one(args, model, traits, tiling, f, data, c, s, out, probabilities)
         if traits.takes_mask:
             n = 10 if args.iterations is None else args.iterations
             ref = FANetRefiner(model, data, init=args.init, channel_axis=c, slice_axis=s, device=args.device,
-                               batch_size=args.batch_size, amp=_amp(args), **tiling)
+                               batch_size=args.batch_size, amp=_amp(args), threshold=args.threshold, **tiling)
             with ProgressBar("FANet iterations") as bar:
                 last = None
                 for i, last in enumerate(ref.iter_run(max_iters=n, tol=None), 1):
@@ -244,7 +251,8 @@ def _predict_one(args, model, traits, tiling, f, data, c, s, out, probabilities)
         else:
             with ProgressBar("predict") as bar:
                 pred = predict(model, data, channel_axis=c, slice_axis=s, device=args.device,
-                               batch_size=args.batch_size, amp=_amp(args), progress=bar, **tiling)
+                               batch_size=args.batch_size, amp=_amp(args), threshold=args.threshold, progress=bar,
+                               **tiling)
             labels, probs = pred.labels, pred.probabilities
         try:
             written = write_array(out, labels, f, overwrite=args.overwrite)
@@ -290,7 +298,7 @@ def _run_zarr(args, model, traits, f, data, c, s, tiling) -> int:
                                   batch_size=args.batch_size, amp=_amp(args),
                                   mask=args.init if traits.takes_mask else None, chunk=args.chunk, block=args.block,
                                   overwrite=args.overwrite, client=client, source_name=str(f.path.resolve()),
-                                  iterations=iterations, progress=bar, **tiling)
+                                  iterations=iterations, threshold=args.threshold, progress=bar, **tiling)
     finally:
         if client is not None:
             client.close()

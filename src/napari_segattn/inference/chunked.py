@@ -189,10 +189,12 @@ def run_block(job: _Job, z: int, b: int, region: tuple[slice, slice], cancel=Non
             except StopIteration as stop:
                 probs = stop.value
                 break
+    from .masks import class_labels
+
     if job.traits.binary:
         labels = (probs[0] > job.threshold).astype(np.uint8)
     else:
-        labels = probs.argmax(axis=0).astype(np.uint8)
+        labels = class_labels(probs, job.threshold)
     g = zarr.open_group(job.path, mode="r+")
     idx = job.spatial_index(z, *region)
     if job.last:

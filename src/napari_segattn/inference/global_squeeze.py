@@ -13,9 +13,8 @@ slice-wide statistics) and accumulates its input over the part of each window th
 all layers fixed. Cost: one partial forward of every window per layer (FANet: 8 SE layers,
 about 4 extra full passes; the PAM unet: 16 InstanceNorms, about ten times the windows' time).
 A model with neither kind costs nothing. MONAI's sliding window has no notion of this (its
-predictor sees one window at a time). What stays different for the PAM U-Nets is their
-decoder's ``align_corners=True`` upsampling, which depends on the map's size
-(docs/large-images.md).
+predictor sees one window at a time). The PAM U-Nets' size-dependent ``align_corners=True``
+upsampling is handled apart, by resizing in the slice's geometry (``models/geometry.py``).
 
 One measurement loop serves every kind; :class:`_Kind` says per kind what to accumulate over
 the owned parts and how to apply the result.
@@ -268,6 +267,7 @@ def iter_slice_stats(net, read, mread, grid, stride: int, batch_size: int = 4,
     ``tiling.iter_blend_block``); the windows run through ``net`` in float32, one batch at a
     time (not micro-batched, so the hook sees the batch it was given). Cancel is checked
     before every batch of every pass."""
+    from ..models.geometry import windows_of_slice
     from .predict import Cancelled
 
     layers = stat_layers(net)
@@ -286,7 +286,7 @@ def iter_slice_stats(net, read, mread, grid, stride: int, batch_size: int = 4,
         if mread is not None:
             m = np.stack([mread(sy, sx) for sy, sx in batch]).astype(np.float32)[:, None]
             args.append(torch.from_numpy(m).to(device))
-        with torch.inference_mode():
+        with torch.inference_mode(), windows_of_slice([(sy.start, sx.start) for sy, sx in batch], grid.image):
             net(*args)
 
     order = _call_order(net, layers, run, batches[0])

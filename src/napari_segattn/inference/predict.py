@@ -18,7 +18,8 @@ import torch
 from ..devices import resolve_device
 from .checks import check_finite_output, check_image_size, check_int, check_threshold
 from .layout import InputError, Layout
-from .masks import binarize, initial_masks
+from ..models.geometry import batch_part
+from .masks import binarize, class_labels, initial_masks
 from .tiling import DEFAULT_OVERLAP
 from .traits import ModelTraits, model_traits, normalize_image, to_probabilities
 
@@ -62,7 +63,8 @@ class Prediction:
 
     One-logit models give ``K = 1``: the *foreground* probability (for RFNA already
     ``1 − sigmoid``), and bool labels ``p > threshold``. Multi-class models give the softmax
-    and ``argmax`` labels (uint8).
+    and labels (uint8) by :func:`~.masks.class_labels`: ``argmax`` at the default 0.5, the
+    threshold moving the boundary between background (class 0) and the best other class.
     """
 
     probabilities: np.ndarray
@@ -300,7 +302,8 @@ def run_batches(
                         args = [_upload(stack[a:b], device, mf)]
                         if traits.takes_mask:
                             args.append(_upload(masks[a:b, None].astype(np.float32), device, mf))
-                        parts.append(to_probabilities(model(*args), traits.reverse_labels).float())
+                        with batch_part(a, b):  # tiled: which windows of the slice these are
+                            parts.append(to_probabilities(model(*args), traits.reverse_labels).float())
                     probs = parts[0] if len(parts) == 1 else torch.cat(parts)
                     current = _Pending.start(stop, probs, cuda)
                 # One batch in flight: this batch's kernels and its device->host copy are queued
@@ -402,13 +405,13 @@ def iter_predict(
     if traits.binary:
         labels = binarize(probabilities[0], threshold)
     else:
-        labels = probabilities.argmax(axis=0).astype(np.uint8 if traits.out_channels <= 256 else np.int32)
+        labels = class_labels(probabilities, threshold)
     return Prediction(
         probabilities=probabilities,
         labels=labels,
         model_name=traits.name,
         reverse_labels=traits.reverse_labels,
-        threshold=threshold if traits.binary else None,
+        threshold=threshold,
         device=str(dev),
         seconds=time.perf_counter() - t0,
         info={"slices": n, "batch_size": batch_size, "amp": precision is not None,

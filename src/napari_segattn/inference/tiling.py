@@ -389,6 +389,7 @@ def iter_blend_block(
     FANet's mask is cut exactly like the image. The result is
     ``sum_w g_w p_w / sum_w g_w`` over the windows, as MONAI's gaussian blending.
     """
+    from ..models.geometry import windows_of_slice
     from .predict import Cancelled
 
     if region is None:
@@ -404,7 +405,8 @@ def iter_blend_block(
         batch = [grid.slices[i] for i in todo[start:start + batch_size]]
         x = np.stack([read(sy, sx) for sy, sx in batch])
         m = None if mask is None else np.stack([mask(sy, sx) for sy, sx in batch])
-        probs = forward(x, m)
+        with windows_of_slice([(sy.start, sx.start) for sy, sx in batch], grid.image):
+            probs = forward(x, m)  # align_corners resizing in the slice's geometry (models/geometry.py)
         for (sy, sx), p in zip(batch, probs):
             # the part of this window inside the block, in window and in block coordinates
             y0, y1 = max(sy.start, r0), min(sy.stop, r0 + bh)

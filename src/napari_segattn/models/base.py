@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .geometry import padded_windows
+
 __all__ = ["SegmentationModel", "pad_to_multiple"]
 
 
@@ -75,7 +77,8 @@ class SegmentationModel(nn.Module):
         self._check_input(x)
         xp, (h, w) = pad_to_multiple(x, self.stride)
         padded_extras = [pad_to_multiple(e, self.stride, mode="constant")[0] for e in extras]
-        out = self._forward(xp, *padded_extras)
+        with padded_windows(self.stride, xp.shape[-2:]):  # tiled inference: the slice's geometry
+            out = self._forward(xp, *padded_extras)
         return out[..., :h, :w]
 
     def _forward(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:  # pragma: no cover

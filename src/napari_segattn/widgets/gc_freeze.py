@@ -3,15 +3,16 @@
 A full (generation-2) collection walks every object the collector tracks and holds the GIL
 throughout, whichever thread set it off, so the viewer freezes for as long as it runs. A
 session with napari, Qt, torch, scipy and pandas imported tracks ~530,000 objects: one full
-collection took 350-460 ms on the loaded 2-core machine, and it was the whole Load stall
-(``scripts/measure_stalls.py``, timed with ``gc.callbacks``). Nearly all of those objects live
+collection took 350-620 ms on the loaded 2-core machine, and it was the whole Load stall
+(``scripts/measure_stalls.py --why``, timed with ``gc.callbacks``). Nearly all of those objects live
 as long as the process (modules, classes, functions, Qt wrappers), so they are moved to the
 collector's permanent generation with ``gc.freeze()`` (CPython's own remedy for this; see the
-``gc`` docs). Later full collections walk only what was made after: 30-45 ms for the same Load.
+``gc`` docs). Later full collections walk only what was made after: 30-56 ms for the same Load.
 
-Frozen objects are never collected. The long-lived objects a session drops are layers, so
-when a layer is about to be removed everything is unfrozen, and frozen again only after the
-first full collection that runs once the removal is over (napari's own ``gc.collect()`` during
+Frozen objects are still freed by reference counting (most arrays and tensors go that way);
+only garbage held in reference cycles among them waits. The long-lived objects a session drops
+in cycles are layers, so when a layer is about to be removed everything is unfrozen, and frozen
+again only after the first full collection that runs once the removal is over (napari's own ``gc.collect()`` during
 the removal cannot free the layer: the removal still holds it). That collection frees the layer
 as it would without us; until it runs, full collections cost what they cost without freezing.
 """

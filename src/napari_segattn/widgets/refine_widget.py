@@ -79,7 +79,9 @@ class PredictRefineWidget(Container):
         self.level = SpinBox(label="level (multiscale)", value=0, min=0, max=16)
         self.predict_button = PushButton(text="Predict")
         self.threshold = FloatSpinBox(label="threshold", value=0.5, min=0.01, max=0.99, step=0.05,
-                                      tooltip="foreground where probability > threshold (0.5 as released); a change "
+                                      tooltip="foreground where probability > threshold (0.5 as released); with "
+                                              "classes, a pixel takes its best class k other than background where "
+                                              "p_k / (p_k + p_background) > threshold (0.5 = argmax). A change "
                                               "re-thresholds the last map at once and is used by the next Predict/Step")
         self.instances = CheckBox(label="instance labels", value=False,
                                   tooltip="one id per connected object of the shown mask, on the 'instances' layer")
@@ -255,21 +257,29 @@ class PredictRefineWidget(Container):
         if pred is None or inp is None:
             return ""
         if not hasattr(pred, "binary"):  # a lazy (zarr) prediction: re-thresholded lazily, block by block
-            g = pred.open()
-            if g["probabilities"].shape[0] != 1:
-                return ""
             import dask.array as da
 
-            labels = (da.from_zarr(g["probabilities"])[0] > t).astype(np.uint8)
+            from ..inference.masks import class_labels
+
+            probs = da.from_zarr(pred.open()["probabilities"])
+            if probs.shape[0] == 1:
+                labels = (probs[0] > t).astype(np.uint8)
+            else:  # the classes of a block together: one chunk along the class axis
+                labels = da.map_blocks(class_labels, probs.rechunk({0: -1}), t, drop_axis=0, dtype=np.uint8)
             upsert_layer(self.viewer, "labels", labels, "prediction", opacity=0.5, metadata={"zarr_store": str(pred.path)},
                          **self._spatial_geometry(inp))
             return f"prediction shown at threshold {t:.2f} (read block by block from {pred.path})"
-        if not pred.binary:
-            return "the threshold applies to one-logit (binary) models only"
-        self.last_prediction = dataclasses.replace(pred, labels=pred.foreground > t, threshold=t)
+        if pred.binary:
+            labels = pred.foreground > t
+        else:
+            from ..inference.masks import class_labels
+
+            labels = class_labels(pred.probabilities, t)
+        self.last_prediction = dataclasses.replace(pred, labels=labels, threshold=t)
         self._draw_prediction(inp, self.last_prediction)
+        what = "foreground" if pred.binary else "in a class other than background"
         return (f"prediction re-thresholded at {t:.2f} without running the model: "
-                f"{int(np.count_nonzero(self.last_prediction.labels)):,} px foreground")
+                f"{int(np.count_nonzero(labels)):,} px {what}")
 
     def _shown_mask(self):
         """(mask, layer geometry, slice input) of the mask drawn last, or None."""

@@ -17,10 +17,9 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-
 from ..base import SegmentationModel
 from ..blocks import DoubleConv
+from ..geometry import resize_align_corners
 
 __all__ = ["PAMUNet", "BlockFactory", "ModuleFactory", "GateFactory"]
 
@@ -104,7 +103,9 @@ class PAMUNet(SegmentationModel):
             (s1, self.gate1, self.dec1, self.dec1_att),
         )
         for skip, gate, dec, att in stages:
-            y = F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=True)
+            # F.interpolate(scale_factor=2, align_corners=True), in the whole slice's geometry
+            # when this runs on a window of it (models/geometry.py)
+            y = resize_align_corners(y, (2 * y.shape[2], 2 * y.shape[3]))
             if gate is not None:
                 skip = gate(y, skip)
             y = att(dec(torch.cat([y, skip], dim=1)))

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..blocks import DoubleConv, conv_in_relu
+from ..geometry import resize_align_corners
 from ..recorder import ExposesAttention
 
 __all__ = [
@@ -132,7 +133,7 @@ class ReverseFalseNegativeAttention(ExposesAttention, nn.Module):
     def attention(self, f: torch.Tensor) -> torch.Tensor:
         """The sigmoid map A for main-branch features ``f``."""
         a = self.w3a(self.w2a(self.w1a(f)))
-        a = F.interpolate(a, size=f.shape[-2:], mode="bilinear", align_corners=True)
+        a = resize_align_corners(a, f.shape[-2:])  # align_corners=True; a window: the slice's geometry
         return torch.sigmoid(self.w4a(a) + f)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
