@@ -34,15 +34,20 @@ def freeze_long_lived() -> int:
     return gc.get_freeze_count()
 
 
+_ARMED = {"refreeze": False}
+
+
 def _refreeze_after_full_collection(phase: str, info: dict) -> None:
-    if phase == "stop" and info["generation"] == 2:
-        gc.callbacks.remove(_refreeze_after_full_collection)
+    # stays registered (gc iterates its callback list while calling them: no removal from inside)
+    if _ARMED["refreeze"] and phase == "stop" and info["generation"] == 2:
+        _ARMED["refreeze"] = False
         freeze_long_lived()
 
 
 def _arm_refreeze() -> None:
     if _refreeze_after_full_collection not in gc.callbacks:
         gc.callbacks.append(_refreeze_after_full_collection)
+    _ARMED["refreeze"] = True
 
 
 def _thaw(*_) -> None:
