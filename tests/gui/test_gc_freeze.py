@@ -45,3 +45,21 @@ def test_a_layer_frozen_with_the_session_is_freed_when_removed(make_napari_viewe
     gc.collect()  # the next full collection, whoever runs it
     assert gone() is None  # frees the layer: its memory is back
     assert gc.get_freeze_count() > 100_000  # and the survivors are frozen again
+
+
+def test_a_layer_of_a_viewer_without_the_plugin_is_freed_too(make_napari_viewer, qtbot):
+    """Freezing is process-wide: a second viewer with no plugin session (found in a new-user
+    trial: its removed 64 MB layer stayed alive) is watched as well."""
+    from napari_segattn.widgets.gc_freeze import freeze_long_lived
+    from napari_segattn.widgets.state import get_state
+
+    with_plugin, other = make_napari_viewer(), make_napari_viewer()
+    get_state(with_plugin)
+    layer = other.add_image(np.zeros((64, 64), np.float32), name="elsewhere")
+    freeze_long_lived()
+    gone = weakref.ref(layer)
+    del layer
+    other.layers.remove("elsewhere")
+    qtbot.wait(20)
+    gc.collect()
+    assert gone() is None

@@ -169,3 +169,19 @@ def test_cli_models_json_lists_counts(capsys):
     assert rows["unet"]["parameters"] == 3_129_248
     assert rows["fanet"]["parameters"] == 7_720_266
     assert set(ALL) <= set(rows)
+
+
+def test_saved_model_files_get_the_umasks_permissions(tmp_path):
+    """The atomic write (mkstemp, then rename) made every model file 0600 whatever the umask,
+    so colleagues could not read a shared model (found in a new-user trial)."""
+    import os
+    import stat
+
+    from napari_segattn.models import build_model, save_model
+
+    old = os.umask(0o022)
+    try:
+        path = save_model(build_model("unet", in_channels=1, width=4), tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644

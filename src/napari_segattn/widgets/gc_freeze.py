@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import os
+import weakref
 
 __all__ = ["freeze_long_lived", "thaw_on_layer_removal"]
 
@@ -30,6 +31,7 @@ def freeze_long_lived() -> int:
     many are frozen in all. Cheap (a list splice), so it may run after each import step.
     ``SEGATTN_GC_FREEZE=0`` turns it off (to compare, or if a user's other code needs it off)."""
     if os.environ.get("SEGATTN_GC_FREEZE", "1") != "0":
+        _watch_open_viewers()
         gc.freeze()
     return gc.get_freeze_count()
 
@@ -58,7 +60,26 @@ def _thaw(*_) -> None:
     QTimer.singleShot(0, _arm_refreeze)
 
 
+_WATCHED: weakref.WeakSet = weakref.WeakSet()  # viewers whose layer removals thaw
+
+
+def _watch_open_viewers() -> None:
+    """Every open viewer, not only those with a plugin session: freezing is process-wide, so a
+    layer of any of them may be frozen (napari keeps its open viewers in ``Viewer._instances``;
+    without it, plugin sessions are still watched through ``state.get_state``)."""
+    try:
+        from napari import Viewer
+    except ImportError:  # pragma: no cover - the widgets run inside napari
+        return
+    for viewer in list(getattr(Viewer, "_instances", ())):
+        thaw_on_layer_removal(viewer)
+
+
 def thaw_on_layer_removal(viewer) -> None:
     """Unfreeze before any layer of ``viewer`` is removed, so a frozen layer's memory is freed
-    (once per viewer: ``state.get_state`` calls it when the viewer's plugin session starts)."""
+    (once per viewer; every freeze watches the viewers open then, ``state.get_state`` a new
+    plugin session's)."""
+    if viewer in _WATCHED:
+        return
+    _WATCHED.add(viewer)
     viewer.layers.events.removing.connect(_thaw)
