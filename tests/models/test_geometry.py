@@ -75,14 +75,17 @@ if "_local_upsampler" not in _REGISTRY:
     register_model("_local_upsampler", summary="test stand-in", paper="-")(LocalUpsampler)
 
 
-def test_tiled_equals_whole_with_the_slice_geometry(monkeypatch):
+@pytest.mark.parametrize("hw", [(96, 128), (95, 127)])
+def test_tiled_equals_whole_with_the_slice_geometry(monkeypatch, hw):
+    """Also on a slice that is not a multiple of the stride (95x127): the grid covers the slice
+    padded as the whole forward pads it, so every window starts on the stride grid."""
     import napari_segattn.models.geometry as geometry
     from napari_segattn.inference import predict
 
     model = LocalUpsampler().eval()
     model.segattn_config = {"name": "_local_upsampler", "config": {}}
     model.segattn_normalization = None
-    img = np.random.default_rng(0).standard_normal((96, 128)).astype(np.float32)
+    img = np.random.default_rng(0).standard_normal(hw).astype(np.float32)
     kw = dict(device="cpu", amp=False, tile=64, overlap=0.5)
     whole = predict(model, img, device="cpu", amp=False, tile=0).probabilities
     tiled = predict(model, img, **kw).probabilities
@@ -90,3 +93,19 @@ def test_tiled_equals_whole_with_the_slice_geometry(monkeypatch):
     monkeypatch.setattr(geometry, "windows_of_slice", lambda *a, **k: contextlib.nullcontext())
     plain = predict(model, img, **kw).probabilities  # each window its own geometry, as before
     assert np.abs(plain - whole).max() > 0.1
+
+
+def test_zarr_output_pads_the_same_way(tmp_path):
+    """The zarr output blends the same stride-padded grid block by block: it equals in-memory
+    tiled inference on a slice that is not a multiple of the stride."""
+    from napari_segattn.inference import predict
+    from napari_segattn.inference.chunked import predict_to_zarr
+
+    model = LocalUpsampler().eval()
+    model.segattn_config = {"name": "_local_upsampler", "config": {}}
+    model.segattn_normalization = None
+    img = np.random.default_rng(1).standard_normal((95, 127)).astype(np.float32)
+    kw = dict(device="cpu", amp=False, tile=64, overlap=0.5)
+    ref = predict(model, img, **kw).probabilities
+    res = predict_to_zarr(model, img, tmp_path / "p.zarr", chunk=16, block=48, **kw)
+    np.testing.assert_allclose(res.open()["probabilities"][:], ref, atol=1e-6)

@@ -42,10 +42,12 @@ from .tiling import (
     DEFAULT_OVERLAP,
     TileProgress,
     WindowGrid,
+    _padded_reader,
     choose_window,
     iter_blend_block,
     make_grid,
     model_forward,
+    stride_padded,
 )
 
 __all__ = ["ZarrPrediction", "iter_predict_to_zarr", "predict_to_zarr", "DEFAULT_CHUNK", "DEFAULT_BLOCK"]
@@ -127,6 +129,9 @@ def _readers(job: _Job, z: int):
     elif job.masks is not None:  # the previous iteration's mask, as stored (see the module doc)
         previous = zarr.open_group(job.path, mode="r")["feedback"]
         mread = lambda sy, sx: previous[((job.iteration - 1) % 2, *job.spatial_index(z, sy, sx))] > 0  # noqa: E731
+    if job.grid is not None and job.grid.image != tuple(job.hw):  # windows past the border (tiling.stride_padded)
+        read = _padded_reader(read, job.hw, "reflect")
+        mread = mread and _padded_reader(mread, job.hw, "constant")
     return read, mread
 
 
@@ -366,7 +371,7 @@ def iter_predict_to_zarr(
     store = _open_store(path, _fingerprint(model, meta), meta, shapes, overwrite)
     done = np.asarray(store["done"][:])
     source.prepare()  # whole-slice / whole-volume statistics once, before the blocks
-    grid = None if window is None else make_grid(hw, window, overlap)
+    grid = None if window is None else make_grid(stride_padded(hw, model), window, overlap)
     job = _Job(model, traits, source, masks, grid, hw, layout, str(path), k, threshold, str(dev), amp, batch_size,
                probabilities)
     windows_of = lambda r: len(grid.touching(r)) if grid is not None else 1  # noqa: E731

@@ -484,7 +484,12 @@ def iter_stack_probabilities(
                 probs[done - out.shape[0]:done] = out
                 yield PredictProgress(done, n)
             return probs, {"tiled": False}
-        grid = make_grid(hw, window, overlap, blend)
+        # the grid covers the slice padded to the model stride, as the whole-slice forward pads
+        # it: every window then starts on the stride grid, so its downsampling sees the whole
+        # slice's pixel phases (MONAI's last window at size - window did not: 500x470, unet,
+        # Dice 0.986 against whole)
+        padded_hw = stride_padded(hw, model)
+        grid = make_grid(padded_hw, window, overlap, blend)
         forward = model_forward(net, traits, device, amp, cl)
         # squeeze="slice": each slice first measures its statistics, one partial pass of its
         # windows per SE/InstanceNorm layer; the progress counts those passes as windows too
@@ -498,6 +503,8 @@ def iter_stack_probabilities(
             else:
                 read = lambda sy, sx, z=z: stack[z][:, sy, sx]  # noqa: E731
             mread = None if masks is None else (lambda sy, sx, z=z: masks[z][sy, sx])
+            if padded_hw != hw:
+                read, mread = _padded_reader(read, hw, "reflect"), mread and _padded_reader(mread, hw, "constant")
             layers, stats = [], []
             if passes:
                 gen = iter_slice_stats(net, read, mread, grid, getattr(model, "stride", 1), max(1, batch_size), cancel)
@@ -514,11 +521,31 @@ def iter_stack_probabilities(
                     try:
                         done = next(gen)
                     except StopIteration as stop:
-                        probs[z] = stop.value
+                        probs[z] = stop.value[:, :hw[0], :hw[1]]
                         break
                     yield TileProgress(z * per_slice + passes * len(grid) + done, total)
     return probs, {"tiled": True, "window": list(window), "overlap": overlap, "windows": n * len(grid),
                    "statistics_passes": n * passes * len(grid)}
+
+
+def stride_padded(hw: tuple[int, int], model) -> tuple[int, int]:
+    """``hw`` rounded up to the model's stride: the size the whole-slice forward pads to, and
+    the size the window grid covers."""
+    stride = int(getattr(model, "stride", 1) or 1)
+    return (-(-int(hw[0]) // stride) * stride, -(-int(hw[1]) // stride) * stride)
+
+
+def _padded_reader(read, hw: tuple[int, int], mode: str):
+    """``read`` for windows of the slice padded at the bottom/right beyond ``hw``: the part inside
+    is read, the rest padded as ``models.base.pad_to_multiple`` pads the whole slice (image:
+    reflect; feedback mask: zeros). A window holds more rows than the padding, so reflecting its
+    own rows is reflecting the slice's."""
+    def padded(sy: slice, sx: slice) -> np.ndarray:
+        inside = read(slice(sy.start, min(sy.stop, hw[0])), slice(sx.start, min(sx.stop, hw[1])))
+        pad = [(0, 0)] * (inside.ndim - 2) + [(0, max(0, sy.stop - hw[0])), (0, max(0, sx.stop - hw[1]))]
+        return np.pad(inside, pad, mode=mode)
+
+    return padded
 
 
 def stack_probabilities(model, traits, stack, masks, **kwargs) -> np.ndarray:
