@@ -95,3 +95,40 @@ def test_threshold_on_a_lazy_prediction_stays_lazy(viewer_and_widget, qtbot):
     # instance labels need the mask in memory: said, no layer
     widget.instances.value = True
     assert "instances" not in viewer.layers and "lazy" in widget.objects.value
+
+
+def test_threshold_on_a_lazy_multiclass_prediction(make_napari_viewer, qtbot):
+    """Classes on the zarr path: the stored softmax is re-labelled block by block by
+    class_labels (0.5 = argmax), without the model; it used to say nothing and keep the argmax."""
+    import dask.array as da
+
+    from napari_segattn.inference.masks import class_labels
+    from napari_segattn.models import build_model
+    from napari_segattn.widgets import PredictRefineWidget
+    from napari_segattn.widgets.state import LoadedModel, get_state
+
+    viewer = make_napari_viewer()
+    widget = PredictRefineWidget(viewer)
+    state = get_state(viewer)
+    torch.manual_seed(0)
+    model = build_model("unet", in_channels=1, out_channels=3)
+    model.segattn_normalization = {"mode": "zscore", "per": "image"}
+    state.set_model(LoadedModel(model=model, name="unet", config={}, source="built",
+                                normalization=model.segattn_normalization))
+    state.set_device("cpu")
+    viewer.add_image(da.from_array(_image(), chunks=32), name="lazy")
+    state.set_inputs(["lazy"], None)
+    widget.predict_button.clicked.emit()
+    qtbot.waitUntil(lambda: not state.busy, timeout=60_000)
+    store = viewer.layers["prediction"].metadata["zarr_store"]
+    import zarr
+
+    probs = zarr.open_group(store, mode="r")["probabilities"][:]
+    np.testing.assert_array_equal(np.asarray(viewer.layers["prediction"].data), probs.argmax(0))
+    calls = []
+    model.register_forward_hook(lambda *a: calls.append(1))
+    widget.threshold.value = 0.7
+    shown = viewer.layers["prediction"].data
+    assert isinstance(shown, da.Array) and not calls
+    np.testing.assert_array_equal(np.asarray(shown), class_labels(probs, 0.7))
+    assert (np.asarray(shown) != probs.argmax(0)).any() and "threshold 0.70" in widget.status.value

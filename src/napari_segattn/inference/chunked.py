@@ -38,6 +38,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .layout import InputError
+from .masks import class_labels
 from .tiling import (
     DEFAULT_OVERLAP,
     TileProgress,
@@ -194,8 +195,6 @@ def run_block(job: _Job, z: int, b: int, region: tuple[slice, slice], cancel=Non
             except StopIteration as stop:
                 probs = stop.value
                 break
-    from .masks import class_labels
-
     if job.traits.binary:
         labels = (probs[0] > job.threshold).astype(np.uint8)
     else:

@@ -230,10 +230,8 @@ class _SoftmaxPool(_Accumulator):
         c = part.shape[0]
         logits = _float64(self.layer.context(part[None]).reshape(-1))  # the layer's own 1x1 conv
         x = _float64(part.reshape(c, -1))
-        top = logits.max()
-        if self.top is not None and self.top > top:
-            top = self.top
-        elif self.top is not None:  # a larger maximum: rescale what was summed so far
+        top = logits.max() if self.top is None else torch.maximum(self.top, logits.max())
+        if self.top is not None:  # rescale what was summed so far to the (new) maximum
             scale = torch.exp(self.top - top)
             self.num, self.den = self.num * scale, self.den * scale
         w = torch.exp(logits - top)

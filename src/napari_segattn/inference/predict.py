@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from ..devices import resolve_device
+from ..models.geometry import batch_part
 from .checks import check_finite_output, check_image_size, check_int, check_threshold
 from .layout import InputError, Layout
-from ..models.geometry import batch_part
 from .masks import binarize, class_labels, initial_masks
 from .tiling import DEFAULT_OVERLAP
 from .traits import ModelTraits, model_traits, normalize_image, to_probabilities

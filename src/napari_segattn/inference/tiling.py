@@ -507,25 +507,26 @@ def iter_stack_probabilities(
                 read, mread = _padded_reader(read, hw, "reflect"), mread and _padded_reader(mread, hw, "constant")
             layers, stats = [], []
             if passes:
-                gen = iter_slice_stats(net, read, mread, grid, getattr(model, "stride", 1), max(1, batch_size), cancel)
-                while True:
-                    try:
-                        done = next(gen)
-                    except StopIteration as stop:
-                        layers, stats = stop.value
-                        break
-                    yield TileProgress(z * per_slice + done, total, "statistics")
+                measure = iter_slice_stats(net, read, mread, grid, getattr(model, "stride", 1), max(1, batch_size),
+                                           cancel)
+                layers, stats = yield from _as_progress(measure, z * per_slice, total, "statistics")
             with fixed_stats(layers, stats):
-                gen = iter_blend_block(forward, read, grid, k, mask=mread, batch_size=batch_size, cancel=cancel)
-                while True:
-                    try:
-                        done = next(gen)
-                    except StopIteration as stop:
-                        probs[z] = stop.value[:, :hw[0], :hw[1]]
-                        break
-                    yield TileProgress(z * per_slice + passes * len(grid) + done, total)
+                blending = iter_blend_block(forward, read, grid, k, mask=mread, batch_size=batch_size, cancel=cancel)
+                block = yield from _as_progress(blending, z * per_slice + passes * len(grid), total, "windows")
+                probs[z] = block[:, :hw[0], :hw[1]]
     return probs, {"tiled": True, "window": list(window), "overlap": overlap, "windows": n * len(grid),
                    "statistics_passes": n * passes * len(grid)}
+
+
+def _as_progress(gen, offset: int, total: int, stage: str):
+    """Re-yield a generator's window counts as :class:`TileProgress` over the whole run
+    (``offset`` windows before it); returns what it returns."""
+    while True:
+        try:
+            done = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield TileProgress(offset + done, total, stage)
 
 
 def stride_padded(hw: tuple[int, int], model) -> tuple[int, int]:

@@ -256,10 +256,10 @@ class PredictRefineWidget(Container):
         pred, inp = self.last_prediction, self._pred_input
         if pred is None or inp is None:
             return ""
+        from ..inference.masks import class_labels
+
         if not hasattr(pred, "binary"):  # a lazy (zarr) prediction: re-thresholded lazily, block by block
             import dask.array as da
-
-            from ..inference.masks import class_labels
 
             probs = da.from_zarr(pred.open()["probabilities"])
             if probs.shape[0] == 1:
@@ -269,12 +269,7 @@ class PredictRefineWidget(Container):
             upsert_layer(self.viewer, "labels", labels, "prediction", opacity=0.5, metadata={"zarr_store": str(pred.path)},
                          **self._spatial_geometry(inp))
             return f"prediction shown at threshold {t:.2f} (read block by block from {pred.path})"
-        if pred.binary:
-            labels = pred.foreground > t
-        else:
-            from ..inference.masks import class_labels
-
-            labels = class_labels(pred.probabilities, t)
+        labels = pred.foreground > t if pred.binary else class_labels(pred.probabilities, t)
         self.last_prediction = dataclasses.replace(pred, labels=labels, threshold=t)
         self._draw_prediction(inp, self.last_prediction)
         what = "foreground" if pred.binary else "in a class other than background"

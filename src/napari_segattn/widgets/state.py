@@ -86,10 +86,8 @@ def get_state(viewer) -> SegAttnState:
     """The state shared by every widget docked in ``viewer``."""
     state = _STATES.get(viewer)
     if state is None:
-        from .gc_freeze import thaw_on_layer_removal
         from .warmup import start_warm_up
 
         state = _STATES[viewer] = SegAttnState()
-        thaw_on_layer_removal(viewer)
         start_warm_up()  # a plugin session begins: the one-off imports now, off the GUI thread
     return state

@@ -23,7 +23,7 @@ _LOCK = threading.Lock()
 
 def _warm() -> None:
     # After each step the objects made so far (the viewer's, then the modules') are frozen out
-    # of the collector's full passes, which otherwise hold the GIL for 350-460 ms on a loaded
+    # of the collector's full passes, which otherwise hold the GIL for 350-620 ms on a loaded
     # machine (widgets/gc_freeze.py); freezing before the imports keeps their own passes short.
     freeze_long_lived()
     import torch
