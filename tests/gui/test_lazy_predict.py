@@ -132,3 +132,56 @@ def test_threshold_on_a_lazy_multiclass_prediction(make_napari_viewer, qtbot):
     assert isinstance(shown, da.Array) and not calls
     np.testing.assert_array_equal(np.asarray(shown), class_labels(probs, 0.7))
     assert (np.asarray(shown) != probs.argmax(0)).any() and "threshold 0.70" in widget.status.value
+
+
+def test_the_temporary_store_lives_as_long_as_a_layer_shows_it(viewer_and_widget, qtbot):
+    """A lazy Predict left its /tmp/segattn-* store behind (a new-user trial): a store is removed
+    once no layer reads it: replaced by the next prediction, or its layers removed."""
+    import dask.array as da
+    from pathlib import Path
+
+    viewer, widget, state, model = viewer_and_widget
+    viewer.add_image(da.from_array(_image(), chunks=32), name="lazy")
+    state.set_inputs(["lazy"], None)
+    widget.show_probs.value = True
+    stores = []
+    for _ in range(2):
+        widget.predict_button.clicked.emit()
+        qtbot.waitUntil(lambda: not state.busy, timeout=60_000)
+        stores.append(Path(viewer.layers["prediction"].metadata["zarr_store"]))
+        np.asarray(viewer.layers["prediction"].data)  # still readable
+    first, second = stores
+    assert first != second and not first.parent.exists()  # replaced: nothing reads it
+    assert second.exists() and "temporary" in widget.status.value
+    viewer.layers.remove("prediction")
+    assert second.exists()  # the probability layer still reads it
+    np.asarray(viewer.layers["probability"].data)
+    viewer.layers.remove("probability")
+    assert not second.parent.exists()
+
+
+def test_a_failed_lazy_predict_leaves_no_store(viewer_and_widget, qtbot, monkeypatch):
+    import dask.array as da
+    import glob
+    import tempfile
+
+    from napari_segattn.inference import chunked
+
+    viewer, widget, state, model = viewer_and_widget
+    viewer.add_image(da.from_array(_image(), chunks=32), name="lazy")
+    state.set_inputs(["lazy"], None)
+    pattern = tempfile.gettempdir() + "/segattn-*"
+    before = set(glob.glob(pattern))
+
+    def failing(model, image, out, **kw):
+        from pathlib import Path
+
+        Path(out).mkdir(parents=True)  # partly written
+        yield None
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(chunked, "iter_predict_to_zarr", failing)
+    widget.predict_button.clicked.emit()
+    qtbot.waitUntil(lambda: not state.busy, timeout=60_000)
+    assert "prediction" not in viewer.layers
+    assert set(glob.glob(pattern)) == before

@@ -56,8 +56,11 @@ def test_threshold_moves_the_background_boundary_of_a_multiclass_model(setup, qt
     viewer, widgets, state, img, gt = setup
     _build(widgets, "unet", in_channels=1, out_channels=3)
     rw = widgets["PredictRefineWidget"]
+    rw.show_probs.value = True
     rw.predict_button.clicked.emit()
     _wait_idle(qtbot, state)
+    # the note stays beside the timing (it was overwritten at once by the timing line)
+    assert "predicted in" in rw.status.value and "probabilities are shown for binary models only" in rw.status.value
     probs = predict(state.loaded.model, img, device="cpu", amp=False).probabilities
     np.testing.assert_array_equal(viewer.layers["prediction"].data, probs.argmax(0))
     best = probs[1:].max(0)

@@ -220,3 +220,21 @@ def test_parse_bytes_and_grid():
     assert [(s[0].start, s[0].stop) for s in g.slices] == [(0, 40), (30, 70), (60, 100)]
     assert g.weights.shape == (40, 64) and g.weights.max() == 1.0 and g.weights.min() > 0
     assert g.touching((slice(0, 30), slice(0, 64))) == [0]
+
+
+def test_a_window_below_the_model_stride_is_refused_before_any_work():
+    """A new-user trial: --tile 8 on FANet (stride 16) padded every window to 16x16 and ran
+    thousands of forwards with no word why."""
+    from napari_segattn.models import build_model
+
+    assert choose_window((512, 512), tile=8) == (8, 8)  # a stride-1 model takes any window
+    with pytest.raises(InputError, match="smaller than the model's stride 16"):
+        choose_window((512, 512), tile=(32, 8), stride=16)
+    assert choose_window((512, 512), tile=16, stride=16) == (16, 16)
+    assert choose_window((10, 12), tile=(10, 12), stride=16) == (10, 12)  # the whole (small) image
+    fanet = build_model("fanet", in_channels=1, width=4)
+    calls = []
+    fanet.register_forward_hook(lambda *a: calls.append(1))
+    with pytest.raises(InputError, match="stride 16"):
+        predict(fanet, blobs((64, 80)), device="cpu", tile=8)
+    assert not calls

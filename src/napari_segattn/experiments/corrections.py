@@ -39,8 +39,7 @@ VARIANTS = {
     # as many epochs again at lr/10. Trained from scratch instead (mixpool none), it reached a
     # lower Dice before any correction (DSB seed 0: 0.926 vs 0.938) and needed more corrections;
     # with MixPool from scratch it learned to grow whatever it was fed (all-ones in -> all-ones out).
-    "correction-aware": ({"mask_input": True, "edit_input": True},
-                         {"feedback": "corrections", "correction_prob": 0.5}),
+    "correction-aware": ({"mask_input": True, "edit_input": True}, {"feedback": "corrections"}),
 }
 # SCALE's ``control``: also fine-tune the released model as the correction-aware one is (same
 # epochs and learning rate, released feedback), so a better start from longer training is not
@@ -50,13 +49,13 @@ CONTROL = "released, trained as long"
 # DSB: the one 512x512 image in a 4x4 grid of 128x128 tiles, 10 train / 2 val / 4 held-out test.
 SCALE = {
     "smoke": dict(width=4, rounds=2, epochs=1, em_train=1, em_tile=256, em_test_crop=128, dsb_epochs=1,
-                  brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
+                  brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5, ca_correction_prob=0.5,
                   focus=None, merge=False),
     "reduced": dict(width=16, rounds=10, epochs=8, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=60,
-                    brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
+                    brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5, ca_correction_prob=0.5,
                     focus=None, merge=False, control=True),
     "full": dict(width=32, rounds=20, epochs=200, em_train=None, em_tile=256, em_test_crop=None, dsb_epochs=500,
-                 brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5,
+                 brush=20, train_radius=(8, 48), datasets=("em", "dsb"), ca_lr_scale=0.1, ca_epoch_scale=0.5, ca_correction_prob=0.5,
                  focus=None, merge=False, control=True),
 }
 TABLES = {"per_round.csv": ("dataset", "method", "round"), "table.csv": ("dataset", "method")}
@@ -199,6 +198,8 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
 
                 start = (with_feedback_inputs(models["released"], **model_kw) if variant == "correction-aware"
                          else copy.deepcopy(models["released"]))
+                if variant == "correction-aware":
+                    cfg = dataclasses.replace(cfg, correction_prob=p["ca_correction_prob"])
                 cfg = dataclasses.replace(cfg, lr=base.lr * p["ca_lr_scale"],
                                           epochs=max(1, round(n_epochs * p["ca_epoch_scale"])),
                                           correction_radius=tuple(p["train_radius"]))
@@ -248,6 +249,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
               "dsb_epochs": epochs or p["dsb_epochs"], "width": p["width"], "rounds": p["rounds"], "brush": p["brush"],
               "train_radius": list(p["train_radius"]),
               "focus": p["focus"], "merge": p["merge"], "ca_lr_scale": p["ca_lr_scale"], "ca_epoch_scale": p["ca_epoch_scale"],
+              "ca_correction_prob": p["ca_correction_prob"],
               "train_seconds": seconds, "best_epoch": best_epoch, "table": table, "per_round": per_round}
     common.write_json(out / "results.json", result)
     return result

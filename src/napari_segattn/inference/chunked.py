@@ -315,7 +315,7 @@ def iter_predict_to_zarr(
     dev = resolve_device(device)
     per_forward = 1 if dev.type == "cpu" else batch_size
     window = choose_window(hw, model_name=traits.name, tile=tile, memory_budget=memory_budget, per_forward=per_forward,
-                           overlap=overlap)
+                           overlap=overlap, stride=int(getattr(model, "stride", 1) or 1))
     chunk_hw = _pair_of(chunk or DEFAULT_CHUNK, hw, "chunk")
     if window is None:
         block_hw = hw  # the whole slice runs at once: one block per slice

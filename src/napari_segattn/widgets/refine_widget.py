@@ -16,6 +16,7 @@ from .docking import dock_as_tab
 from .layers import (label_colormap, label_stack_axis, layer_kind, place_slice, prepare_layers, upsert_layer,
                      wrapped_label)
 from .plot import LivePlot
+from . import temp_stores
 from .state import get_state
 from .workers import ProgressLine, run_in_worker
 
@@ -404,7 +405,9 @@ class PredictRefineWidget(Container):
 
     def _predict_lazy(self, inp):
         """A dask / zarr / multiscale layer: windows read one by one, the result written block by
-        block into a zarr store in a temporary folder and shown lazily from there."""
+        block into a zarr store in a temporary folder and shown lazily from there (removed with
+        its layer: ``temp_stores``; at once if the job fails or is cancelled)."""
+        import shutil
         import tempfile
 
         from ..inference.chunked import iter_predict_to_zarr
@@ -413,7 +416,8 @@ class PredictRefineWidget(Container):
         if loaded.takes_mask and self.init.value not in INIT_CHOICES:
             show_error("a lazy (dask/zarr) image takes the otsu, empty or full initial mask")
             return None
-        out = tempfile.mkdtemp(prefix="segattn-") + "/prediction.zarr"
+        folder = tempfile.mkdtemp(prefix="segattn-")
+        out = folder + "/prediction.zarr"
         self._cancel.clear()
         self.state.busy = True
         self.status.value = "predicting window by window..."
@@ -421,10 +425,11 @@ class PredictRefineWidget(Container):
             iter_predict_to_zarr, loaded.model, inp.image, out, **self._core_layout(inp),
             batch_size=int(self.batch_size.value), device=self.state.device, amp=self._amp(),
             mask=self.init.value if loaded.takes_mask else None, threshold=float(self.threshold.value),
-            cancel=self._cancel.is_set, on_return=lambda res: self._show_lazy_prediction(inp, res), desc="predict",
+            cancel=self._cancel.is_set, on_return=lambda res: self._show_lazy_prediction(inp, res, folder),
+            on_error=lambda _exc: shutil.rmtree(folder, ignore_errors=True), desc="predict",
             on_yield=self._progress_shower("predicting window by window"))
 
-    def _show_lazy_prediction(self, inp, res):
+    def _show_lazy_prediction(self, inp, res, folder):
         import dask.array as da
 
         g = res.open()
@@ -435,8 +440,11 @@ class PredictRefineWidget(Container):
         if self.show_probs.value and g["probabilities"].shape[0] == 1:
             upsert_layer(self.viewer, "image", da.from_zarr(g["probabilities"])[0], "probability",
                          **PROBABILITY_DISPLAY, metadata=meta, **geom)
+        temp_stores.track(self.viewer, res.path, folder)
+        temp_stores.release_unused()  # the store of the prediction this one replaced
         self.status.value = (f"predicted level {inp.level} in {res.seconds:.2f} s ({res.windows} windows); "
-                             f"result in {res.path}")
+                             f"result in {res.path} (temporary: removed with the layer; File > Save Selected "
+                             "Layers keeps it)")
         self.last_prediction, self._pred_input, self._shown = res, inp, None
         if self.instances.value:
             self.objects.value = "instance labels need a mask in memory (not a lazy zarr prediction)"
@@ -466,13 +474,14 @@ class PredictRefineWidget(Container):
     def _show_prediction(self, inp, pred):
         self._draw_prediction(inp, pred)
         geom = {"scale": inp.scale, "translate": inp.translate}
+        note = ""
         if self.show_probs.value and not pred.binary:
-            self.status.value = "probabilities are shown for binary models only"
+            note = "; probabilities are shown for binary models only"
         if self.show_probs.value and pred.binary:
             prob = place_slice(inp.layer_shape, inp.slice_index, pred.foreground.astype(np.float32))
             upsert_layer(self.viewer, "image", prob, "probability", **PROBABILITY_DISPLAY, **geom)
         self.status.value = (f"predicted in {pred.seconds:.2f} s on {pred.device} "
-                             f"({pred.info.get('precision', 'float32')}, threshold {pred.threshold or 0.5:.2f})")
+                             f"({pred.info.get('precision', 'float32')}, threshold {pred.threshold or 0.5:.2f}){note}")
         self.last_prediction, self._pred_input, self._shown = pred, inp, "prediction"
         self._update_instances()
         return pred

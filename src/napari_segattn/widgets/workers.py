@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 
-__all__ = ["run_in_worker", "explain_exception", "JobProgress", "relay_steps", "ProgressLine"]
+__all__ = ["run_in_worker", "ActivityBar", "explain_exception", "JobProgress", "relay_steps", "ProgressLine"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def run_in_worker(
     total: int = 0,
     **kwargs,
 ):
-    """Start ``gen_func(*args, **kwargs)`` in a thread with napari's progress bar."""
+    """Start ``gen_func(*args, **kwargs)`` in a thread; napari's progress bar via ``ActivityBar``."""
     def _errored(exc: BaseException) -> None:
         from ..inference import Cancelled
 
@@ -101,11 +101,16 @@ def run_in_worker(
         if on_finish is not None:  # finished is not always emitted after an error
             on_finish()
 
-    # Passing our handler in _connect tells superqt not to re-raise in the GUI thread.
-    worker = create_worker(_guard(gen_func), *args, _progress={"total": total, "desc": desc}, _start_thread=False,
-                           _connect={"errored": _errored}, **kwargs)
+    activity = ActivityBar(desc, total)
+    # Passing our handler in _connect tells superqt not to re-raise in the GUI thread. No
+    # ``_progress``: ActivityBar shows napari's bar, later and throttled (see there).
+    worker = create_worker(_guard(gen_func), *args, _start_thread=False, _connect={"errored": _errored}, **kwargs)
+    worker.activity = activity
+    worker.started.connect(activity.start)
+    worker.finished.connect(activity.close)
+    worker.errored.connect(lambda _exc: activity.close())
     if isinstance(worker, GeneratorWorker):  # plain functions (build, load) yield nothing
-        worker.yielded.connect(lambda ev: _sync_progress(worker, ev, desc))
+        worker.yielded.connect(activity.on_yield)
         if on_yield is not None:
             worker.yielded.connect(on_yield)
     if on_return is not None:
@@ -116,18 +121,68 @@ def run_in_worker(
     return worker
 
 
-def _sync_progress(worker, ev, desc: str) -> None:
-    """Events with ``done``/``total`` (slices, windows) set the bar exactly; napari's own
-    handler only counts yields, which is right for one-yield-per-step generators."""
-    pbar = getattr(worker, "pbar", None)
-    done, total = getattr(ev, "done", None), getattr(ev, "total", None)
-    if pbar is None or not isinstance(done, int) or not isinstance(total, int):
-        return
-    if pbar.total != total:
-        pbar.total = total
-        pbar.set_description(f"{desc} ({getattr(ev, 'stage', '')})")
-    pbar.n = done
-    pbar.update(0)
+class ActivityBar:
+    """napari's activity-dialog progress bar for one job: shown once the job has run
+    ``SHOW_AFTER_S``, updated at most every ``UPDATE_EVERY_S``.
+
+    Not ``create_worker(_progress=...)``: napari builds that bar's widgets when the worker
+    starts, and ``QtLabeledProgressBar.setValue`` calls ``QApplication.processEvents()`` on every
+    update, so each yield also repainted the canvas inside our callback. On the loaded 2-core
+    machine that was 250 ms of the GUI thread per job and 180-260 ms per refinement Step
+    (``scripts/measure_stalls.py``). A Step or a Predict is over in a few seconds and the widgets'
+    status lines already give count, ETA and Cancel; the bar is for jobs one leaves running.
+    Events with ``done``/``total`` (slices, windows, IG steps) set it exactly; other yields count
+    one step each, as napari's own bar counts them."""
+
+    SHOW_AFTER_S = 3.0
+    UPDATE_EVERY_S = 0.5
+
+    def __init__(self, desc: str, total: int = 0) -> None:
+        self.desc, self.total, self.done, self.stage = desc, int(total), 0, ""
+        self.pbar = None
+        self.ended, self._updated = False, 0.0
+
+    def start(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        QTimer.singleShot(int(self.SHOW_AFTER_S * 1000), self._show)
+
+    def _label(self) -> str:
+        return f"{self.desc} ({self.stage})" if self.stage else self.desc
+
+    def _show(self) -> None:
+        import time
+
+        from napari.utils import progress
+
+        if self.ended or self.pbar is not None:
+            return
+        self._updated = time.perf_counter()  # napari's bar processes events while it is built
+        self.pbar = progress(total=self.total, desc=self._label())
+        self.pbar.n = min(self.done, self.total) if self.total else 0
+        self.pbar.update(0)
+
+    def on_yield(self, ev) -> None:
+        import time
+
+        done, total = getattr(ev, "done", None), getattr(ev, "total", None)
+        if isinstance(done, int) and isinstance(total, int):
+            self.done, self.total, self.stage = done, total, str(getattr(ev, "stage", "") or "")
+        else:
+            self.done += 1
+        if self.pbar is not None and time.perf_counter() - self._updated >= self.UPDATE_EVERY_S:
+            if self.pbar.total != self.total:
+                self.pbar.total = self.total
+                self.pbar.set_description(self._label())
+            self.pbar.n = min(self.done, self.total) if self.total else self.done
+            self.pbar.update(0)
+            self._updated = time.perf_counter()
+
+    def close(self) -> None:
+        self.ended = True
+        if self.pbar is not None:
+            self.pbar.close()
+            self.pbar = None
 
 
 def notify(msg: str) -> None:

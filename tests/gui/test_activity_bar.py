@@ -1,0 +1,84 @@
+"""napari's activity-dialog progress bar is shown only for jobs that last, and updated throttled
+(widgets/workers.ActivityBar).
+
+Measured before (scripts/measure_stalls.py, loaded 2-core machine): create_worker's bar was
+built when each worker started (250 ms of the GUI thread) and its setValue ran
+QApplication.processEvents() on every yield, repainting the canvas inside the callback: 180-260
+ms of each refinement Step's longest stall."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+class Ev:
+    def __init__(self, done, total, stage=""):
+        self.done, self.total, self.stage = done, total, stage
+
+
+def _job(n, pause):
+    for k in range(n):
+        time.sleep(pause)
+        yield Ev(k + 1, n, "windows")
+    return "done"
+
+
+def _bars():
+    from napari.utils import progress
+
+    return set(progress._all_instances)
+
+
+def test_a_short_job_builds_no_napari_bar(make_napari_viewer, qtbot):
+    from napari_segattn.widgets.workers import run_in_worker
+
+    make_napari_viewer()
+    before = _bars()
+    seen = []
+    worker = run_in_worker(_job, 5, 0.01, desc="short", total=5, on_yield=lambda ev: seen.append(_bars() - before))
+    qtbot.waitUntil(lambda: worker.activity.ended, timeout=10_000)  # after the last yield's signal
+    assert not any(seen) and _bars() == before  # no bar at any yield, none left behind
+    assert (worker.activity.done, worker.activity.total) == (5, 5)  # counted all the same
+
+
+def test_a_long_job_gets_the_bar_with_exact_counts_then_closes_it(make_napari_viewer, qtbot, monkeypatch):
+    from napari_segattn.widgets.workers import ActivityBar, run_in_worker
+
+    monkeypatch.setattr(ActivityBar, "SHOW_AFTER_S", 0.05)
+    monkeypatch.setattr(ActivityBar, "UPDATE_EVERY_S", 0.0)
+    make_napari_viewer()
+    before = _bars()
+    shown = []
+
+    def yielded(ev):
+        new = _bars() - before
+        if new:
+            bar = next(iter(new))
+            shown.append((bar.n, bar.total, bar.desc))
+
+    worker = run_in_worker(_job, 40, 0.02, desc="long job", total=1, on_yield=yielded)
+    qtbot.waitUntil(lambda: worker.activity.ended, timeout=20_000)
+    assert shown, "a job running past SHOW_AFTER_S shows napari's bar"
+    n, total, desc = shown[-1]
+    assert total == 40 and 0 < n <= 40 and "long job (windows)" in desc  # the events' done/total, not yields of 1
+    assert _bars() == before  # closed with the job
+
+
+def test_updates_are_throttled(make_napari_viewer, qtbot, monkeypatch):
+    from napari_segattn.widgets.workers import ActivityBar, run_in_worker
+
+    monkeypatch.setattr(ActivityBar, "SHOW_AFTER_S", 0.0)
+    monkeypatch.setattr(ActivityBar, "UPDATE_EVERY_S", 10.0)
+    make_napari_viewer()
+    before = _bars()
+    values = []
+    worker = run_in_worker(_job, 30, 0.01, desc="throttled", total=30,
+                           on_yield=lambda ev: values.extend(b.n for b in _bars() - before))
+    qtbot.waitUntil(lambda: worker.activity.ended, timeout=20_000)
+    # shown at the first yields, then not updated again within UPDATE_EVERY_S: it never
+    # followed the job's 30 steps (napari's own bar is set at every yield)
+    assert values and max(values) <= 3, values
