@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["upsert_layer", "prepare_layers", "place_slice", "layer_kind", "wrapped_label", "label_colormap", "ERROR_LEGEND",
+__all__ = ["upsert_layer", "prepare_layers", "TurnQueue", "place_slice", "layer_kind", "wrapped_label", "label_colormap", "ERROR_LEGEND",
            "stack_axis_caption", "label_stack_axis"]
 
 ERROR_LEGEND = "TP yellow · FN blue · FP red"
@@ -128,6 +128,46 @@ def prepare_layers(viewer, specs) -> Callable[[], None]:
     if pending:
         QTimer.singleShot(0, create_next)
     return discard
+
+
+class TurnQueue:
+    """GUI updates run one per event-loop turn, in the order given.
+
+    Each napari layer update re-slices and re-renders on the GUI thread (40-70 ms for a 512x512
+    stack on the loaded 2-core machine); a refinement Step made six of them in one callback
+    (stack, probabilities, dims step, feedback, painted, instances), 150-250 ms without a
+    repaint. Queued, the viewer repaints and takes input between them. A job's end goes through
+    the same queue (``_start``), so "not busy" means its results are all shown."""
+
+    def __init__(self) -> None:
+        from collections import deque
+
+        self._queue: deque = deque()
+        self._scheduled = False
+
+    def add(self, *updates: Callable[[], None]) -> None:
+        self._queue.extend(updates)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        if self._queue and not self._scheduled:
+            self._scheduled = True
+            QTimer.singleShot(0, self._run_one)
+
+    def _run_one(self) -> None:
+        self._scheduled = False
+        if not self._queue:
+            return
+        update = self._queue.popleft()
+        try:
+            update()
+        finally:
+            self._schedule()
+
+    def __len__(self) -> int:
+        return len(self._queue)
 
 
 def stack_axis_caption(index: int, *, iterations: bool = False, stages: list[str] | None = None) -> str:

@@ -13,7 +13,7 @@ from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, attach_ground_truth, gather_input, scope_of, scope_picker
 from .docking import dock_as_tab
-from .layers import (label_colormap, label_stack_axis, layer_kind, place_slice, prepare_layers, upsert_layer,
+from .layers import (TurnQueue, label_colormap, label_stack_axis, layer_kind, place_slice, prepare_layers, upsert_layer,
                      wrapped_label)
 from .plot import LivePlot
 from . import temp_stores
@@ -74,6 +74,7 @@ class PredictRefineWidget(Container):
         dock_as_tab(self)  # Plugins > SegAttn: scroll, and tab with the other SegAttn widgets
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
+        self._turns = TurnQueue()  # a job's result updates, one per event-loop turn
         self.scope = scope_picker()
         self.batch_size = SpinBox(label="batch size", value=16, min=1, max=1024)
         # dask / zarr / multiscale layers: predicted window by window on this pyramid level
@@ -455,10 +456,12 @@ class PredictRefineWidget(Container):
         (``layers.prepare_layers``), dropped again if the job ends without filling them."""
         discard = prepare_layers(self.viewer, layers)
 
-        def finish():
-            discard()
-            self.state.busy = False
-            self._worker = None
+        def finish():  # after the job's queued updates (TurnQueue), so idle means all is shown
+            def end():
+                discard()
+                self.state.busy = False
+                self._worker = None
+            self._turns.add(end)
 
         self._worker = run_in_worker(func, *args, on_yield=on_yield, on_return=on_return, on_finish=finish,
                                      desc=desc, total=total, **kwargs)
@@ -538,7 +541,7 @@ class PredictRefineWidget(Container):
         if "probability" in self.viewer.layers:  # one probability overlay at a time
             self.viewer.layers["probability"].visible = False
         self.plot.clear()
-        self._show_history()
+        self._show_history(defer=True)
 
     def ensure_refiner(self):
         """The refiner for the current inputs, built here (blocking; the buttons build it in the worker)."""
@@ -584,7 +587,7 @@ class PredictRefineWidget(Container):
             if isinstance(item, tuple) and item[0] == "refiner":
                 self._adopt_refiner(item[1], inp, session)
             else:
-                self._show_history()
+                self._show_history(defer=True)
 
         return self._start(_refine_job, plan, max_iters, tol, self._cancel.is_set, on_yield=on_yield,
                            desc="FANet refinement", total=max_iters + (0 if isinstance(plan, FANetRefiner) else 1),
@@ -632,26 +635,60 @@ class PredictRefineWidget(Container):
         layer.visible = bool(self.keep_painted.value)
         layer.editable = False
 
-    def _show_history(self):
+    def _show_history(self, defer: bool = False):
+        """The refinement on its layers, plot and status; ``defer``: one part per event-loop turn
+        (``TurnQueue``), as a Step's results arrive while the user works in the viewer."""
+        parts = (self._show_stack, self._show_stack_probabilities, self._show_newest_iteration,
+                 self._show_feedback, self._show_history_summary)
+        if defer:
+            self._turns.add(*parts)
+        else:
+            for part in parts:
+                part()
+
+    def _history_context(self):
         refiner, inp = self.state.refiner, self._context
-        if refiner is None or inp is None:
+        return (None, None) if refiner is None or inp is None else (refiner, inp)
+
+    def _show_stack(self):
+        refiner, inp = self._history_context()
+        if refiner is None:
             return
-        masks = [refiner.initial_mask] + [r.mask for r in refiner.history]
-        stack = np.stack(masks).astype(np.uint8)
-        shown = self._refinement_displays(inp)
-        upsert_layer(self.viewer, "labels", stack, REFINEMENT_LAYER, **shown["stack"])
-        if self.show_probs.value and refiner.history:
-            probs = np.stack([np.zeros_like(refiner.history[0].probabilities)] + [r.probabilities for r in refiner.history])
-            upsert_layer(self.viewer, "image", probs, "refinement probability", **shown["probability"])
-        # name the new leading axis and jump the dims slider to the newest iteration
-        if self.viewer.dims.ndim == stack.ndim:
+        stack = np.stack([refiner.initial_mask] + [r.mask for r in refiner.history]).astype(np.uint8)
+        upsert_layer(self.viewer, "labels", stack, REFINEMENT_LAYER, **self._refinement_displays(inp)["stack"])
+
+    def _show_stack_probabilities(self):
+        refiner, inp = self._history_context()
+        if refiner is None or not self.show_probs.value or not refiner.history:
+            return
+        probs = np.stack([np.zeros_like(refiner.history[0].probabilities)] + [r.probabilities for r in refiner.history])
+        upsert_layer(self.viewer, "image", probs, "refinement probability",
+                     **self._refinement_displays(inp)["probability"])
+
+    def _show_newest_iteration(self):
+        """Name the leading axis and jump the dims slider to the newest iteration."""
+        refiner, inp = self._history_context()
+        if refiner is None or REFINEMENT_LAYER not in self.viewer.layers:
+            return
+        if self.viewer.dims.ndim == self.viewer.layers[REFINEMENT_LAYER].data.ndim:
             step = list(self.viewer.dims.current_step)
-            step[0] = len(masks) - 1
+            step[0] = len(refiner.history)
             self.viewer.dims.current_step = tuple(step)
             label_stack_axis(self.viewer)
+
+    def _show_feedback(self):
+        refiner, inp = self._history_context()
+        if refiner is None:
+            return
         upsert_layer(self.viewer, "labels", refiner.current_mask.astype(np.uint8), self._feedback_layer_name(),
-                     **shown["feedback"])
+                     **self._refinement_displays(inp)["feedback"])
         self._show_painted()
+
+    def _show_history_summary(self):
+        """Instances, the Dice plot and the status line."""
+        refiner, inp = self._history_context()
+        if refiner is None:
+            return
         self._shown = "refinement"
         self._update_instances()
         init = (refiner.initial_metrics or {}).get("dice")
