@@ -254,8 +254,14 @@ def test_saliency_preview_then_full_map_and_steps_from_the_gap(setup, qtbot):
     iw.n_steps.value = 4
     iw.auto_steps.value = True
     iw.gap_tolerance.value = 5.0
+    inserted = []
+    viewer.layers.events.inserted.connect(
+        lambda ev: inserted.append((ev.value.name, bool(ev.value.metadata.get("placeholder")))))
     iw.saliency_button.clicked.emit()
     _wait_idle(qtbot, state)
+    # both result layers were made while IG ran (stall: one layer per event-loop turn), not in
+    # the callback that shows the preview
+    assert inserted == [("IG saliency class 1 (preview, 8 steps, 1/4 size)", True), ("IG saliency class 1", True)]
     prev = viewer.layers["IG saliency class 1 (preview, 8 steps, 1/4 size)"]
     full = viewer.layers["IG saliency class 1"]
     assert prev.data.shape == full.data.shape == img.shape

@@ -38,7 +38,7 @@ from ..inference.traits import ModelTraits, model_traits, to_probabilities
 from .memory import ig_batch_size
 
 __all__ = ["SaliencyMap", "SaliencyProgress", "saliency", "iter_saliency", "window_grid", "coverage", "METHODS",
-           "BASELINES", "preview_factor"]
+           "BASELINES", "preview_factor", "describe_run"]
 
 METHODS = ("fast", "per_window", "abs_windows")
 BASELINES = ("zeros", "blur", "mean")
@@ -82,10 +82,15 @@ class SaliencyMap:
 
     def describe(self) -> str:
         """How the map was made, for a layer name: ``"preview, 8 steps, 1/4 size"``."""
-        parts = (["preview"] if self.preview else []) + [f"{self.n_steps} steps"]
-        if self.downscale > 1:
-            parts.append(f"1/{self.downscale} size")
-        return ", ".join(parts)
+        return describe_run(self.n_steps, self.downscale)
+
+
+def describe_run(n_steps: int, downscale: int = 1) -> str:
+    """``SaliencyMap.describe`` before the run: a viewer names (and prepares) its layer with it."""
+    parts = (["preview"] if downscale > 1 else []) + [f"{n_steps} steps"]
+    if downscale > 1:
+        parts.append(f"1/{downscale} size")
+    return ", ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -221,12 +221,17 @@ class InspectWidget(Container):
             kw["gap_tolerance"] = float(self.gap_tolerance.value) / 100.0
         return kw
 
+    @staticmethod
+    def _saliency_layer_name(k: int, describe: str, preview: bool) -> str:
+        """The full map keeps its plain name, a preview says how it was made."""
+        return f"IG saliency class {k}" + (f" ({describe})" if preview else "")
+
     def _show_saliency_maps(self, inp, k: int, maps) -> None:
-        """One layer per kind of map: the full one keeps its plain name, a preview says so."""
+        """One layer per kind of map (``_saliency_layer_name``)."""
         arr = np.stack([np.abs(m.map) for m in maps]) if inp.is_volume else np.abs(maps[0].map)
         full = place_slice(inp.layer_shape, inp.slice_index, arr.astype(np.float32))
         hi = float(np.percentile(arr, 99.5)) or 1.0
-        name = f"IG saliency class {k}" + (f" ({maps[0].describe()})" if maps[0].preview else "")
+        name = self._saliency_layer_name(k, maps[0].describe(), maps[0].preview)
         upsert_layer(self.viewer, "image", full, name, colormap="inferno",
                      blending="additive", opacity=0.7, contrast_limits=(0.0, hi), scale=inp.scale,
                      translate=inp.translate, metadata={"completeness_gap": [m.relative_gap for m in maps],
@@ -238,6 +243,7 @@ class InspectWidget(Container):
 
     def show_saliency(self, *_):
         from ..explain import iter_saliency
+        from ..explain.saliency import describe_run, preview_factor
 
         ctx = self._context()
         if ctx is None:
@@ -258,11 +264,18 @@ class InspectWidget(Container):
                 self.last_saliency = maps
                 self._show_saliency_maps(inp, k, maps)
 
-        # the full map's layer (a preview's name says how it was made, known only when it is done)
-        full_map = ("image", f"IG saliency class {k}", inp.layer_shape, np.float32,
-                    dict(colormap="inferno", blending="additive", opacity=0.7, scale=inp.scale, translate=inp.translate))
-        return self._run(one, inp, done, "IG saliency", job=_saliency_job, job_args=(self.run_mode.value,),
-                         on_yield=shown, layers=[full_map] if self.run_mode.value != "preview only" else [])
+        # the result layers, made while IG runs: the preview's (its name from the settings it runs
+        # with; made anew if the run names it otherwise) and the full map's
+        display = dict(colormap="inferno", blending="additive", opacity=0.7, scale=inp.scale, translate=inp.translate)
+        mode, specs = self.run_mode.value, []
+        if mode != "full map":
+            factor = preview_factor(model, tuple(inp.image.shape[-2:]), PREVIEW_DOWNSCALE)
+            name = self._saliency_layer_name(k, describe_run(PREVIEW_STEPS, factor), factor > 1)
+            specs.append(("image", name, inp.layer_shape, np.float32, display))
+        if mode != "preview only":
+            specs.append(("image", self._saliency_layer_name(k, "", False), inp.layer_shape, np.float32, display))
+        return self._run(one, inp, done, "IG saliency", job=_saliency_job, job_args=(mode,), on_yield=shown,
+                         layers=specs)
 
     # -- attention maps ------------------------------------------------------------------------
     def show_attention(self, *_):
