@@ -179,3 +179,24 @@ def test_corrections_wm_holds_out_odd_slices_with_white_matter(smoke, shared_dat
     assert len(held_out) == 4 and all(np.mean(t) >= 0.08 for _, _, t in test)
     train_z = {zs[i] for i, im in enumerate(images) if any(np.array_equal(im, t) for t in tr_i)}
     assert len(tr_i) == p["mni_train"] == len(train_z) and not held_out & train_z
+
+
+def test_the_corrections_start_is_the_models_refined_mask():
+    """Round 0 of the simulated user is FANet's test-time refinement (start_steps iterations
+    from Otsu), the same refiner that then takes the corrections."""
+    import torch
+
+    from napari_segattn.experiments.corrections import SCALE, refined_start
+    from napari_segattn.inference import FANetRefiner
+    from napari_segattn.models import build_model
+
+    assert SCALE["reduced"]["start_steps"] == SCALE["full"]["start_steps"] == 5
+    torch.manual_seed(0)
+    net = build_model("fanet", in_channels=1, out_channels=1, width=4)
+    img = np.random.default_rng(0).random((1, 64, 64)).astype(np.float32)
+    refiner, mask = refined_start(net, img, 3, pin_edits=True)
+    by_hand = FANetRefiner(net, img, channel_axis=0, device="cpu")
+    for _ in range(3):
+        expected = by_hand.step().mask
+    assert len(refiner.history) == 3 and refiner.pin_edits
+    np.testing.assert_array_equal(mask, expected)
