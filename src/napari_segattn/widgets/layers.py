@@ -14,6 +14,9 @@ __all__ = ["upsert_layer", "prepare_layers", "TurnQueue", "place_slice", "layer_
            "stack_axis_caption", "label_stack_axis"]
 
 ERROR_LEGEND = "TP yellow · FN blue · FP red"
+#: the delay between queued GUI updates (``prepare_layers``, ``TurnQueue``): a real timer, so the
+#: event loop serves input, repaints and other timers in between
+TURN_MS = 1
 
 
 def layer_kind(layer) -> str:
@@ -117,7 +120,7 @@ def prepare_layers(viewer, specs) -> Callable[[], None]:
             made.append(upsert_layer(viewer, kind, np.zeros(shape, dtype), name, **display))
             break
         if pending:
-            QTimer.singleShot(0, create_next)
+            QTimer.singleShot(TURN_MS, create_next)
 
     def discard() -> None:
         pending.clear()
@@ -126,7 +129,7 @@ def prepare_layers(viewer, specs) -> Callable[[], None]:
                 viewer.layers.remove(layer)
 
     if pending:
-        QTimer.singleShot(0, create_next)
+        QTimer.singleShot(TURN_MS, create_next)
     return discard
 
 
@@ -154,7 +157,9 @@ class TurnQueue:
 
         if self._queue and not self._scheduled:
             self._scheduled = True
-            QTimer.singleShot(0, self._run_one)
+            # 1 ms, not 0: a zero timer is a posted event in Qt 6, served before due timers and
+            # input, so queued parts ran back to back (two 90 ms parts, one 200 ms stall)
+            QTimer.singleShot(TURN_MS, self._run_one)
 
     def _run_one(self) -> None:
         self._scheduled = False
