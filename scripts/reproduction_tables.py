@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     found = 0
     for name, d in folders.items():
-        tables = specs[name]
+        tables = specs["corrections" if name.startswith("corrections") else name]  # -clicks, -wm: same tables
         if not (d / "summary.json").is_file():
             print(f"## {name}: no summary.json in {d}\n")
             continue
