@@ -58,48 +58,17 @@ class WorkerError(Exception):
         self.original = original
 
 
-#: how much lower than the viewer a worker thread runs (Linux nice levels; 0 turns it off)
-WORKER_NICENESS = 5
-
-
-def yield_cpu_to_the_viewer() -> None:
-    """Lower the calling (worker) thread's CPU priority below the GUI thread's.
-
-    On a busy machine the GUI thread otherwise gets the same share of a core as each of our
-    compute threads, and napari's per-layer work (Qt controls, vispy visuals, 100-200 ms of CPU)
-    stretches into multi-100-ms stalls. Linux nice values are per thread, and the intra-op
-    threads torch's OpenMP starts from this thread inherit it. A lower priority is allowed
-    without privileges and cannot be raised back, so it is applied once per pool thread (the
-    niceness is absolute). Elsewhere (macOS, Windows) this does nothing.
-    ``SEGATTN_WORKER_NICE`` overrides the level (0: off)."""
-    import os
-    import sys
-    import threading
-
-    level = int(os.environ.get("SEGATTN_WORKER_NICE", WORKER_NICENESS))
-    if level <= 0 or not sys.platform.startswith("linux"):
-        return
-    tid = threading.get_native_id()
-    try:
-        if tid != os.getpid() and os.getpriority(os.PRIO_PROCESS, tid) < level:
-            os.setpriority(os.PRIO_PROCESS, tid, level)
-    except OSError:  # a sandbox without the call: run at the normal priority
-        pass
-
-
 def _guard(gen_func):
     import inspect
 
     if inspect.isgeneratorfunction(gen_func) or inspect.isgeneratorfunction(getattr(gen_func, "__func__", None)):
         def guarded(*args, **kwargs):
-            yield_cpu_to_the_viewer()
             try:
                 return (yield from gen_func(*args, **kwargs))
             except Exception as exc:
                 raise WorkerError(exc) from exc
     else:
         def guarded(*args, **kwargs):
-            yield_cpu_to_the_viewer()
             try:
                 return gen_func(*args, **kwargs)
             except Exception as exc:
