@@ -200,3 +200,26 @@ def test_the_corrections_start_is_the_models_refined_mask():
         expected = by_hand.step().mask
     assert len(refiner.history) == 3 and refiner.pin_edits
     np.testing.assert_array_equal(mask, expected)
+
+
+def test_feedback_weight_share_reads_the_first_blocks_feedback_channels():
+    """0 as with_feedback_inputs leaves the new channels, the norm ratio once they carry weight,
+    None for a model that takes no feedback inputs."""
+    import torch
+
+    from napari_segattn.experiments.corrections import feedback_weight_share
+    from napari_segattn.models import build_model
+    from napari_segattn.models.fanet import with_feedback_inputs
+
+    torch.manual_seed(0)
+    plain = build_model("fanet", in_channels=1, out_channels=1, width=4)
+    widened = with_feedback_inputs(plain)
+    assert feedback_weight_share(plain) is None and feedback_weight_share(widened) == 0.0
+    conv = next(w for w in widened.encoders[0].parameters() if w.ndim == 4 and w.shape[1] == 3)
+    with torch.no_grad():
+        conv[:, 1:] = conv[:, :1]  # both feedback channels as large as the image channel
+    image = conv[:, :1].pow(2).sum()
+    others = sum(w[:, :1].pow(2).sum() for w in widened.encoders[0].parameters()
+                 if w.ndim == 4 and w.shape[1] == 3 and w is not conv)
+    expected = float((2 * image / (image + others)) ** 0.5)
+    assert feedback_weight_share(widened) == pytest.approx(expected)

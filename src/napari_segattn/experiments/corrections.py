@@ -144,6 +144,23 @@ def refined_start(model, image: np.ndarray, steps: int = 1, **refiner_kw):
     return refiner, mask
 
 
+def feedback_weight_share(model) -> float | None:
+    """How much the first layers listen to the fed-back mask and edit: the L2 norm of the first
+    block's weights on those input channels over the norm on the image channels (0 when they are
+    as ``with_feedback_inputs`` made them; None for a model without them). A correction can only
+    propagate through weights of some size."""
+    extra = int(getattr(model, "mask_input", False)) + int(getattr(model, "edit_input", False))
+    if not extra:
+        return None
+    width = model.in_channels + extra  # the convs that read the input (the first residual block's)
+    fed = image = 0.0
+    for w in model.encoders[0].parameters():
+        if w.ndim == 4 and w.shape[1] == width:
+            fed += float(w[:, -extra:].detach().pow(2).sum())
+            image += float(w[:, :-extra].detach().pow(2).sum())
+    return (fed / image) ** 0.5 if image else None
+
+
 def correction_rounds(model, image: np.ndarray, truth: np.ndarray, rounds: int, *, brush: int | None = 20,
                       start: np.ndarray | None = None, focus: int | None = None, progressive_merge: bool = False,
                       start_steps: int = 1):
@@ -190,7 +207,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     out = Path(out)
     norm = Normalization("zscore", per="image")
     per_round, per_image, table = [], [], []
-    seconds, best_epoch = {}, {}
+    seconds, best_epoch, weight_share = {}, {}, {}
     loaders = {"em": ("isbi2012_em", _em), "dsb": ("dsb2018_nuclei", _dsb), "mni-wm": ("mni152", _mni_wm)}
     for dname in p["datasets"]:
         folder, load = loaders[dname]
@@ -221,6 +238,10 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
             res = common.train("fanet", {"in_channels": 1, "out_channels": 1, "width": p["width"], **model_kw},
                                train_ds, val_ds, cfg, log, model=start)
             models[variant] = res.model
+            share = feedback_weight_share(res.model)
+            if share is not None:
+                weight_share[f"{dname}/{variant}"] = share
+                log(f"{name}/{dname}/{variant}: feedback-input weights / image weights (first block) {share:.3f}")
             seconds[f"{dname}/{variant}"] = res.seconds
             best_epoch[f"{dname}/{variant}"] = res.best_epoch
         methods = _methods(p)
@@ -264,7 +285,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
               "train_radius": list(p["train_radius"]),
               "focus": p["focus"], "merge": p["merge"], "ca_lr_scale": p["ca_lr_scale"], "ca_epoch_scale": p["ca_epoch_scale"],
               "ca_correction_prob": p["ca_correction_prob"], "start_steps": p["start_steps"],
-              "train_seconds": seconds, "best_epoch": best_epoch, "table": table, "per_round": per_round}
+              "train_seconds": seconds, "best_epoch": best_epoch, "feedback_weight_share": weight_share, "table": table, "per_round": per_round}
     common.write_json(out / "results.json", result)
     return result
 
