@@ -218,8 +218,8 @@ def test_feedback_weight_share_reads_the_first_blocks_feedback_channels():
     conv = next(w for w in widened.encoders[0].parameters() if w.ndim == 4 and w.shape[1] == 3)
     with torch.no_grad():
         conv[:, 1:] = conv[:, :1]  # both feedback channels as large as the image channel
-    image = conv[:, :1].pow(2).sum()
-    others = sum(w[:, :1].pow(2).sum() for w in widened.encoders[0].parameters()
-                 if w.ndim == 4 and w.shape[1] == 3 and w is not conv)
+        image = conv[:, :1].pow(2).sum()
+        others = sum(w[:, :1].pow(2).sum() for w in widened.encoders[0].parameters()
+                     if w.ndim == 4 and w.shape[1] == 3 and w is not conv)
     expected = float((2 * image / (image + others)) ** 0.5)
     assert feedback_weight_share(widened) == pytest.approx(expected)

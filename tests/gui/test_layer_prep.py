@@ -7,6 +7,8 @@ torch._dynamo import racing it)."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -112,7 +114,11 @@ def test_queued_updates_run_in_order_one_per_event_loop_turn(qtbot):
 
     turns.add(lambda: ran.append(1), lambda: ran.append(2))
     assert ran == []  # nothing runs in the caller's callback
-    QApplication.processEvents()
+    for _ in range(1000):  # the first turn whose timer is due (TURN_MS) runs exactly one update
+        QApplication.processEvents()
+        if ran:
+            break
+        time.sleep(0.0005)
     assert ran == [1]  # one per turn: the viewer repaints in between
     turns.add(lambda: ran.append(3))
     qtbot.waitUntil(lambda: len(turns) == 0, timeout=5_000)
