@@ -33,6 +33,16 @@ def _bars():
     return set(progress._all_instances)
 
 
+def _viewer_with_bar_timing(make_napari_viewer, monkeypatch, *, show_after: float, every: float) -> set:
+    """A viewer, ActivityBar's delays set for the test; returns the napari bars that exist now."""
+    from napari_segattn.widgets.workers import ActivityBar
+
+    monkeypatch.setattr(ActivityBar, "SHOW_AFTER_S", show_after)
+    monkeypatch.setattr(ActivityBar, "UPDATE_EVERY_S", every)
+    make_napari_viewer()
+    return _bars()
+
+
 def test_a_short_job_builds_no_napari_bar(make_napari_viewer, qtbot):
     from napari_segattn.widgets.workers import run_in_worker
 
@@ -46,12 +56,9 @@ def test_a_short_job_builds_no_napari_bar(make_napari_viewer, qtbot):
 
 
 def test_a_long_job_gets_the_bar_with_exact_counts_then_closes_it(make_napari_viewer, qtbot, monkeypatch):
-    from napari_segattn.widgets.workers import ActivityBar, run_in_worker
+    from napari_segattn.widgets.workers import run_in_worker
 
-    monkeypatch.setattr(ActivityBar, "SHOW_AFTER_S", 0.05)
-    monkeypatch.setattr(ActivityBar, "UPDATE_EVERY_S", 0.0)
-    make_napari_viewer()
-    before = _bars()
+    before = _viewer_with_bar_timing(make_napari_viewer, monkeypatch, show_after=0.05, every=0.0)
     shown = []
 
     def yielded(ev):
@@ -69,12 +76,9 @@ def test_a_long_job_gets_the_bar_with_exact_counts_then_closes_it(make_napari_vi
 
 
 def test_updates_are_throttled(make_napari_viewer, qtbot, monkeypatch):
-    from napari_segattn.widgets.workers import ActivityBar, run_in_worker
+    from napari_segattn.widgets.workers import run_in_worker
 
-    monkeypatch.setattr(ActivityBar, "SHOW_AFTER_S", 0.0)
-    monkeypatch.setattr(ActivityBar, "UPDATE_EVERY_S", 10.0)
-    make_napari_viewer()
-    before = _bars()
+    before = _viewer_with_bar_timing(make_napari_viewer, monkeypatch, show_after=0.0, every=10.0)
     values = []
     worker = run_in_worker(_job, 30, 0.01, desc="throttled", total=30,
                            on_yield=lambda ev: values.extend(b.n for b in _bars() - before))

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from test_workflow_widgets import StallMeter, _wait_idle
+from test_workflow_widgets import StallMeter, _wait_idle, fanet_session
 
 pytestmark = pytest.mark.gui
 
@@ -40,20 +40,8 @@ def test_placeholders_are_filled_in_place_and_unfilled_ones_dropped(make_napari_
 
 
 def test_a_cancelled_first_step_leaves_no_layers(make_napari_viewer, qtbot):
-    import json
-
-    from napari_segattn.widgets.state import get_state
-
-    viewer = make_napari_viewer()
-    rng = np.random.default_rng(0)
-    viewer.add_image(rng.random((96, 96)).astype(np.float32), name="cells")
-    _, mw = viewer.window.add_plugin_dock_widget("napari-segattn", "Model")
-    _, rw = viewer.window.add_plugin_dock_widget("napari-segattn", "Predict and refine")
-    state = get_state(viewer)
-    mw.arch.value = "fanet"
-    mw.arch_options.value = json.dumps({"in_channels": 1})
-    mw.build_button.clicked.emit()
-    qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
+    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, image)
     before = [l.name for l in viewer.layers]
     rw.step_button.clicked.emit()
     qtbot.waitUntil(lambda: len(viewer.layers) > len(before), timeout=60_000)  # a placeholder appeared while it runs
@@ -132,20 +120,8 @@ def test_queued_updates_run_in_order_one_per_event_loop_turn(qtbot):
 def test_a_step_is_idle_only_once_its_results_are_shown(make_napari_viewer, qtbot):
     """A Step's results reach the layers in several event-loop turns; "not busy" (what the
     buttons and a script wait for) comes after the last of them, at every Step."""
-    import json
-
-    from napari_segattn.widgets.state import get_state
-
-    viewer = make_napari_viewer()
-    rng = np.random.default_rng(0)
-    viewer.add_image(rng.random((96, 96)).astype(np.float32), name="cells")
-    _, mw = viewer.window.add_plugin_dock_widget("napari-segattn", "Model")
-    _, rw = viewer.window.add_plugin_dock_widget("napari-segattn", "Predict and refine")
-    state = get_state(viewer)
-    mw.arch.value = "fanet"
-    mw.arch_options.value = json.dumps({"in_channels": 1})
-    mw.build_button.clicked.emit()
-    qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
+    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, image)
     seen = []
 
     def on_busy(busy):

@@ -40,6 +40,26 @@ def _wait_idle(qtbot, state, timeout=120_000):
     qtbot.waitUntil(lambda: not state.busy, timeout=timeout)
 
 
+def fanet_session(make_napari_viewer, qtbot, image, name="cells"):
+    """A viewer with ``image``, the Model and Predict & refine widgets docked from the plugin
+    menu and a small FANet built through the Model widget: ``(viewer, model_widget,
+    refine_widget, state)``."""
+    import json
+
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name=name)
+    _, mw = viewer.window.add_plugin_dock_widget("napari-segattn", "Model")
+    _, rw = viewer.window.add_plugin_dock_widget("napari-segattn", "Predict and refine")
+    state = get_state(viewer)
+    mw.arch.value = "fanet"
+    mw.arch_options.value = json.dumps({"in_channels": 1})
+    mw.build_button.clicked.emit()
+    qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
+    return viewer, mw, rw, state
+
+
 class StallMeter:
     """Longest gap between ticks of a 10 ms Qt timer while the block runs: how long the
     viewer's event loop was blocked (the issue's responsiveness target is < 200 ms)."""
@@ -111,20 +131,8 @@ def test_steps_update_their_layers_in_place(make_napari_viewer, qtbot):
     Step updates the refinement, probability and feedback layers in place. A kind check on the
     proxy's type made every Step remove and re-add all three, and napari's removal runs
     gc.collect: 2 s of frozen viewer per Step on the 512² sample."""
-    import json
-
-    from napari_segattn.widgets.state import get_state
-
-    viewer = make_napari_viewer()
     img, gt = _blobs()
-    viewer.add_image(img, name="cells")
-    _, mw = viewer.window.add_plugin_dock_widget("napari-segattn", "Model")
-    _, rw = viewer.window.add_plugin_dock_widget("napari-segattn", "Predict and refine")
-    state = get_state(viewer)
-    mw.arch.value = "fanet"
-    mw.arch_options.value = json.dumps({"in_channels": 1})
-    mw.build_button.clicked.emit()
-    qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, img)
     rw.step_button.clicked.emit()
     _wait_idle(qtbot, state)
     removed = []
