@@ -134,6 +134,7 @@ def main() -> None:
     for b in burners:
         b.start()
     import napari
+    import numpy as np
     from qtpy.QtWidgets import QApplication
 
     from napari_segattn.widgets.demo import demo_checkpoint_path
@@ -176,8 +177,6 @@ def main() -> None:
     out["later Steps (worst of 4, layers updated)"] = max(steps[1:], key=lambda r: r["longest_ms"])
     # the floor under a first Step: napari alone adding layers of the Step's sizes (no plugin
     # code), each in its own event-loop turn as the widgets do (widgets/layers.prepare_layers)
-    import numpy as np
-
     added = [meter.run(lambda: viewer.add_labels(np.zeros((3, 512, 512), np.uint8), name=f"floor labels {k}"),
                        lambda: False) for k in range(2)]
     added += [meter.run(lambda: viewer.add_image(np.zeros((3, 512, 512), np.float32), name=f"floor image {k}",
