@@ -133,6 +133,19 @@ def test_corrections_benchmark_curves_and_paint_only_by_hand(smoke, shared_data)
                                                    and r["dataset"] == row["dataset"]), key=lambda r: int(r["round"]))]
             nocs.append(next((k for k, v in enumerate(d) if v >= 0.9), 3))
         assert row["noc90"] == pytest.approx(np.mean(nocs))
+    # FANet's refinement before any correction: Otsu ("init", 0) and start_steps iterations per model,
+    # the last of which is round 0 of the simulated user
+    from napari_segattn.experiments.corrections import SCALE
+
+    steps = SCALE["smoke"]["start_steps"]
+    refinement = _csv(out / "refinement.csv")
+    for (dname, method) in {(d, m) for d in ("em", "dsb") for m in methods - {"paint only"}}:
+        rows = sorted((r for r in refinement if (r["dataset"], r["method"]) == (dname, method)),
+                      key=lambda r: int(r["iteration"]))
+        assert [int(r["iteration"]) for r in rows] == list(range(steps + 1))
+        (start,) = [r for r in res["table"] if (r["dataset"], r["method"]) == (dname, method)]
+        assert float(rows[-1]["dice"]) == pytest.approx(start["dice_0"])
+    assert not any(r["method"] == "paint only" for r in refinement)
 
 
 def test_corrections_clicks_focus_keeps_the_mask_outside_the_box(smoke, shared_data):

@@ -468,6 +468,124 @@ def test_an_edit_input_model_is_told_which_pixels_were_painted():
             before = edit
 
 
+def test_errors_touching_keeps_the_error_a_correction_left_next_to_the_paint():
+    """A missed object clicked into: the rest of it is the propagation zone; a second missed object
+    nobody painted, and errors where nothing was painted, are not."""
+    from napari_segattn.training.engine import _errors_touching
+
+    truth = np.zeros((1, 20, 20), bool)
+    truth[0, 2:8, 2:8] = truth[0, 12:18, 12:18] = True
+    mask = np.zeros_like(truth)
+    mask[0, 4:6, 4:6] = True  # the painted click, now right
+    painted = mask.copy()
+    zone = _errors_touching(mask, truth, painted)
+    expected = np.zeros_like(truth)
+    expected[0, 2:8, 2:8] = True
+    expected[0, 4:6, 4:6] = False
+    np.testing.assert_array_equal(zone, expected)
+    assert not _errors_touching(mask, truth, np.zeros_like(truth)).any()
+    # margin 3: also every pixel within 3 px of the click, the correct ones included
+    ys, xs = np.mgrid[:20, :20]
+    dist = np.min([np.hypot(ys - y, xs - x) for y, x in zip(*np.nonzero(painted[0]))], axis=0)
+    np.testing.assert_array_equal(_errors_touching(mask, truth, painted, margin=3)[0], expected[0] | (dist <= 3))
+
+
+def test_correction_loss_weight_adds_the_cross_entropy_over_the_propagation_zone():
+    """correction_loss_weight=2: the step's loss is the plain loss plus 2x the mean BCE over the
+    errors of the fed mask that touch the paint (computed here from the fed code)."""
+    from scipy import ndimage
+
+    from napari_segattn.models.fanet import PAINTED_BACKGROUND, PAINTED_FOREGROUND
+    from napari_segattn.training.losses import build_loss
+
+    calls = []
+    torch.manual_seed(0)
+    net = build_model("fanet", in_channels=1, out_channels=1, width=4, mixpool="none", mask_input=True,
+                      edit_input=True)
+    spy = _FeedSpy(net, calls)
+    spy.edit_input = True
+    ds = toy_dataset(2, size=32)
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=1, batch_size=2, augment="none",
+                              feedback="corrections", correction_prob=1.0, correction_loss_weight=2.0)
+    tr = Trainer(spy, ds, None, cfg, device="cpu")
+    (step,) = [e for e in tr.fit() if isinstance(e, Step)]
+    _, code, out, _, _ = _steps(calls)[0][-1]
+    tr.sampler.set_epoch(0)
+    truth = np.stack([ds.label(i) > 0 for i in tr.sampler])
+    code = code[:, 0].numpy()
+    mask, edit = code > 0.5, (code == PAINTED_FOREGROUND) | (code == PAINTED_BACKGROUND)
+    zone = np.zeros_like(mask)
+    for b in range(len(mask)):
+        lab, _ = ndimage.label(mask[b] != truth[b], structure=np.ones((3, 3)))
+        for k in set(lab[ndimage.binary_dilation(edit[b], iterations=2)].tolist()) - {0}:
+            zone[b] |= lab == k
+    assert zone.any()
+    target = torch.from_numpy(truth.astype(np.float32))
+    plain = build_loss("bce_dice", 1)(out, target[:, None].long()[:, 0])
+    extra = torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0][torch.from_numpy(zone)],
+                                                                 target[torch.from_numpy(zone)])
+    assert step.loss == pytest.approx(float(plain + 2.0 * extra), rel=1e-5)
+
+
+def test_feedback_lr_scale_multiplies_the_step_of_the_mask_and_edit_weights_only():
+    """feedback_lr_scale=5: after one optimiser step the first block's weights on the mask and edit
+    channels moved 5x as far as with scale 1 from the same start; every other weight moved the same."""
+    import copy
+
+    torch.manual_seed(0)
+    net = build_model("fanet", in_channels=1, out_channels=1, width=4, mixpool="none", mask_input=True,
+                      edit_input=True)
+    weights = net.feedback_input_weights()
+    assert len(weights) >= 1 and all(i == 1 and w.shape[1] == 3 for w, i in weights)
+    start = copy.deepcopy(net.state_dict())
+    ends = {}
+    for scale in (1.0, 5.0):
+        net.load_state_dict(start)
+        cfg = dataclasses.replace(recipe_for("fanet"), epochs=1, batch_size=2, augment="none",
+                                  feedback="corrections", correction_prob=1.0, feedback_lr_scale=scale)
+        Trainer(net, toy_dataset(2, size=32), None, cfg, device="cpu").fit()
+        ends[scale] = copy.deepcopy(net.state_dict())
+    names = {id(p): n for n, p in net.named_parameters()}
+    fed = {names[id(w)] for w, _ in weights}
+    for name, w0 in start.items():
+        d1, d5 = ends[1.0][name] - w0, ends[5.0][name] - w0
+        if name in fed:
+            assert d1[:, 1:].abs().max() > 0
+            torch.testing.assert_close(d5[:, 1:], 5 * d1[:, 1:])
+            torch.testing.assert_close(d5[:, :1], d1[:, :1])
+        else:
+            torch.testing.assert_close(d5, d1)
+
+
+def test_validation_on_corrections_scores_the_model_fed_its_painted_prediction():
+    """val_feedback='corrections': each validation batch runs twice, first on the stored mask (whose
+    prediction the store keeps, as released), then on that prediction with its largest error
+    painted from the labels by a brush of the middle training radius; the loss and Dice are the
+    second pass's."""
+    from napari_segattn.data import paint_largest_errors
+    from napari_segattn.metrics import binary_metrics
+
+    calls = []
+    torch.manual_seed(0)
+    spy = _FeedSpy(build_model("_tiny_fb"), calls)
+    val = toy_dataset(2, seed=5)
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=1, batch_size=2, val_batch_size=2, augment="none",
+                              val_feedback="corrections", correction_radius=(4, 6), mask_update="every_epoch")
+    tr = Trainer(spy, toy_dataset(2), val, cfg, device="cpu")
+    (validation,) = [e for e in tr.fit() if isinstance(e, Validation)]
+    first, second = [c for c in calls if not c[3]]
+    own = torch.sigmoid(first[2][:, 0]).numpy() > 0.5
+    truth = np.stack([val.label(i) > 0 for i in range(len(val))])
+    for k in range(len(val)):
+        fed, region = paint_largest_errors(own[k], truth[k], 1, 5)
+        assert region.any()
+        np.testing.assert_array_equal(second[1][k, 0].numpy(), fed.astype(np.float32))
+        np.testing.assert_array_equal(tr.val_mask_store.get(k), own[k])
+    pred = torch.sigmoid(second[2][:, 0]).numpy() > 0.5
+    expected = np.mean([binary_metrics(p, t)["dice"] for p, t in zip(pred, truth)])
+    assert validation.metrics["dice"] == pytest.approx(expected)
+
+
 class _Killed(Exception):
     """Stands in for a kill: raised from a listener, so the run stops between two steps."""
 

@@ -61,7 +61,8 @@ SCALE = {
     "full": dict(_COMMON, width=32, rounds=20, epochs=200, em_train=None, em_test_crop=None, dsb_epochs=500,
                  start_steps=5, control=True),
 }
-TABLES = {"per_round.csv": ("dataset", "method", "round"), "table.csv": ("dataset", "method")}
+TABLES = {"per_round.csv": ("dataset", "method", "round"), "table.csv": ("dataset", "method"),
+          "refinement.csv": ("dataset", "method", "iteration")}
 TARGETS = (0.90, 0.95)
 
 
@@ -132,15 +133,20 @@ def _mni_wm(root: Path, p: dict):
     return pick(train_idx), pick(val_idx), test, p["mni_epochs"]
 
 
-def refined_start(model, image: np.ndarray, steps: int = 1, **refiner_kw):
+def refined_start(model, image: np.ndarray, steps: int = 1, trace: list | None = None, **refiner_kw):
     """The model's mask before any correction: ``steps`` feedback iterations from the Otsu mask
-    (FANet's test-time iterative refinement, up to 10 in the paper). Returns ``(refiner, mask)``."""
+    (FANet's test-time iterative refinement, up to 10 in the paper). Returns ``(refiner, mask)``;
+    ``trace`` gets the Otsu mask and each iteration's."""
     from ..inference import FANetRefiner
 
     refiner = FANetRefiner(model, image, channel_axis=0, device="auto", **refiner_kw)
+    if trace is not None:
+        trace.append(refiner.current_mask)
     mask = None
     for _ in range(max(1, int(steps))):
         mask = refiner.step().mask
+        if trace is not None:
+            trace.append(mask)
     return refiner, mask
 
 
@@ -149,15 +155,11 @@ def feedback_weight_share(model) -> float | None:
     block's weights on those input channels over the norm on the image channels (0 when they are
     as ``with_feedback_inputs`` made them; None for a model without them). A correction can only
     propagate through weights of some size."""
-    extra = int(getattr(model, "mask_input", False)) + int(getattr(model, "edit_input", False))
-    if not extra:
+    weights = model.feedback_input_weights() if hasattr(model, "feedback_input_weights") else []
+    if not weights:
         return None
-    width = model.in_channels + extra  # the convs that read the input (the first residual block's)
-    fed = image = 0.0
-    for w in model.encoders[0].parameters():
-        if w.ndim == 4 and w.shape[1] == width:
-            fed += float(w[:, -extra:].detach().pow(2).sum())
-            image += float(w[:, :-extra].detach().pow(2).sum())
+    fed = sum(float(w[:, i:].detach().pow(2).sum()) for w, i in weights)
+    image = sum(float(w[:, :i].detach().pow(2).sum()) for w, i in weights)
     return (fed / image) ** 0.5 if image else None
 
 
@@ -166,19 +168,22 @@ def correction_rounds(model, image: np.ndarray, truth: np.ndarray, rounds: int, 
                       start_steps: int = 1):
     """One simulated user on one image: per round ``k`` the Dice, the pixels painted so far and
     the gain outside the paint. ``model=None``: paint only, starting from ``start``; a model
-    starts from ``refined_start`` after ``start_steps`` iterations. ``focus``,
+    starts from ``refined_start`` after ``start_steps`` iterations (round 0's ``start_dice``: the
+    Dice of the Otsu mask and of each iteration, FANet's refinement curve). ``focus``,
     ``progressive_merge``: the refiner's local update after each correction (FANetRefiner)."""
     from ..metrics import binary_metrics
 
     truth = np.asarray(truth, bool)
     dice = lambda m: float(binary_metrics(m, truth)["dice"])  # noqa: E731
+    trace: list[np.ndarray] = []
     if model is None:
         mask = np.asarray(start, bool)
         refiner = None
     else:
-        refiner, mask = refined_start(model, image, start_steps, pin_edits=True, focus=focus,
+        refiner, mask = refined_start(model, image, start_steps, trace, pin_edits=True, focus=focus,
                                       progressive_merge=progressive_merge)
-    rows = [{"round": 0, "dice": dice(mask), "painted": 0, "gain_outside": 0.0}]
+    rows = [{"round": 0, "dice": dice(mask), "painted": 0, "gain_outside": 0.0,
+             **({"start_dice": [dice(m) for m in trace]} if trace else {})}]
     painted_total = np.zeros(truth.shape, bool)
     for k in range(1, rounds + 1):
         fed, region = paint_largest_errors(mask, truth, 1, brush)
@@ -206,7 +211,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     seed = 0 if seed is None else int(seed)
     out = Path(out)
     norm = Normalization("zscore", per="image")
-    per_round, per_image, table = [], [], []
+    per_round, per_image, table, refinement = [], [], [], []
     seconds, best_epoch, weight_share = {}, {}, {}
     loaders = {"em": ("isbi2012_em", _em), "dsb": ("dsb2018_nuclei", _dsb), "mni-wm": ("mni152", _mni_wm)}
     for dname in p["datasets"]:
@@ -256,8 +261,12 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
                                              start_steps=p["start_steps"], **local)
                 curves[method].append(rows)
                 for r in rows:
-                    per_image.append({"dataset": dname, "method": method, "image": image_name, **r})
+                    per_image.append({"dataset": dname, "method": method, "image": image_name,
+                                      **{k: v for k, v in r.items() if k != "start_dice"}})
         for method, runs in curves.items():
+            if "start_dice" in runs[0][0]:  # FANet's refinement before any correction: init (Otsu), 1..start_steps
+                for it, d in enumerate(np.mean([rows[0]["start_dice"] for rows in runs], axis=0)):
+                    refinement.append({"dataset": dname, "method": method, "iteration": it, "dice": float(d)})
             for k in range(p["rounds"] + 1):
                 per_round.append({"dataset": dname, "method": method, "round": k,
                                   "dice": float(np.mean([r[k]["dice"] for r in runs])),
@@ -273,6 +282,7 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
     common.write_csv(out / "per_round.csv", per_round)
     common.write_csv(out / "per_image.csv", per_image)
     common.write_csv(out / "table.csv", table)
+    common.write_csv(out / "refinement.csv", refinement)
     rounds = list(range(p["rounds"] + 1))
     for dname in p["datasets"]:
         common.plot(out / f"dice_vs_corrections_{dname}.png", "line",
@@ -285,7 +295,8 @@ def run(data: str | Path | None, out: str | Path, *, scale: str = "reduced", see
               "train_radius": list(p["train_radius"]),
               "focus": p["focus"], "merge": p["merge"], "ca_lr_scale": p["ca_lr_scale"], "ca_epoch_scale": p["ca_epoch_scale"],
               "ca_correction_prob": p["ca_correction_prob"], "start_steps": p["start_steps"],
-              "train_seconds": seconds, "best_epoch": best_epoch, "feedback_weight_share": weight_share, "table": table, "per_round": per_round}
+              "train_seconds": seconds, "best_epoch": best_epoch, "feedback_weight_share": weight_share, "table": table,
+              "refinement": refinement, "per_round": per_round}
     common.write_json(out / "results.json", result)
     return result
 

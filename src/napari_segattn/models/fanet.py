@@ -234,6 +234,17 @@ class FANet(SegmentationModel):
             )
         return super().forward(x, mask.to(x.dtype))
 
+    def feedback_input_weights(self) -> list[tuple[nn.Parameter, int]]:
+        """The first block's conv weights that read the input, each with the index of its first
+        mask/edit channel (its weights ``[:, index:]`` act on the fed mask and edit); empty for a
+        model without those inputs. Training scales their updates (``feedback_lr_scale``) and
+        the corrections study reports their size."""
+        extra = int(self.mask_input) + int(self.edit_input)
+        if not extra:
+            return []
+        width = self.in_channels + extra
+        return [(w, self.in_channels) for w in self.encoders[0].parameters() if w.ndim == 4 and w.shape[1] == width]
+
     def _forward(self, x: torch.Tensor, *extras: torch.Tensor) -> torch.Tensor:
         (mask,) = extras
         if self.edit_input:

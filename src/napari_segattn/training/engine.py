@@ -329,18 +329,23 @@ class Trainer:
         bs = int(batch["image"].shape[0])
         try:
             x, extras, y = self._inputs(batch, self.mask_store)
-            own = None
+            own = zone = None
             if self.takes_mask and cfg.feedback == "corrections":
-                extras, own = self._simulated_corrections(x, extras, y, epoch, step)
+                extras, own, zone = self._simulated_corrections(x, extras, y, epoch, step)
             with self._autocast():
                 logits = self.ddp(x, *extras)
             loss = self.loss_fn(logits.float(), self._target(y))
+            if zone is not None and cfg.correction_loss_weight and zone.any():
+                z = torch.from_numpy(zone).to(logits.device)
+                loss = loss + cfg.correction_loss_weight * torch.nn.functional.binary_cross_entropy_with_logits(
+                    logits[:, 0].float()[z], self._target(y).float()[z])
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.grad_clip_norm is not None:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
-            self.scaler.step(self.optimizer)
+            with self._feedback_lr_scaled():
+                self.scaler.step(self.optimizer)
             self.scaler.update()
         except torch.cuda.OutOfMemoryError as exc:
             self.optimizer.zero_grad(set_to_none=True)
@@ -365,6 +370,20 @@ class Trainer:
                 self.mask_store.stage(i, m)
         return float(loss.detach())
 
+    @contextlib.contextmanager
+    def _feedback_lr_scaled(self):
+        """Around the optimiser step: the mask/edit input weights move ``feedback_lr_scale`` times
+        the step the optimiser gave them. One conv weight holds image and feedback channels, and
+        Adam's step does not depend on the gradient's scale, so a separate parameter group or a
+        scaled gradient cannot give those channels their own learning rate; scaling the step can."""
+        scale = self.config.feedback_lr_scale
+        weights = self.model.feedback_input_weights() if scale != 1 and hasattr(self.model, "feedback_input_weights") else []
+        before = [w.detach()[:, i:].clone() for w, i in weights]
+        yield
+        with torch.no_grad():
+            for (w, i), old in zip(weights, before):
+                w[:, i:] = old + scale * (w[:, i:] - old)
+
     @torch.no_grad()
     def _simulated_corrections(self, x, extras, y, epoch: int, step: int):
         """Correction-aware training, RITM's iterative training with painted corrections.
@@ -377,8 +396,10 @@ class Trainer:
         the same probability. Otsu, the model's own masks and corrections of both are all seen
         throughout training. As in ``FANetRefiner(pin_edits=True)``, painted pixels accumulate,
         keep their painted value in later passes and, for an ``edit_input`` model, are marked in
-        the fed code. Returns the new feedback and the last own prediction (None after 0
-        passes), which the mask store stages as the released loop would.
+        the fed code. Returns the new feedback, the last own prediction (None after 0 passes),
+        which the mask store stages as the released loop would, and the *propagation zone*: the
+        errors of the fed mask in components that touch the painted pixels (for
+        ``correction_loss_weight``).
         """
         from ..data import otsu_mask, simulate_correction
         from ..models.fanet import feedback_code
@@ -416,7 +437,26 @@ class Trainer:
                     mask = own
             finally:
                 self.model.train(was_training)
-        return (correct(mask), *extras[1:]), own
+        fed = correct(mask)
+        return (fed, *extras[1:]), own, _errors_touching(fed[:, 0].cpu().numpy() > 0.5, truth, edit,
+                                                         self.config.correction_loss_margin)
+
+    def _painted_feedback(self, logits: torch.Tensor, y: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Validation's simulated user (``val_feedback="corrections"``): the model's prediction
+        with its largest error painted from the truth by a brush of the middle training radius,
+        the same every epoch for the same prediction (no random draw), encoded as the model reads it."""
+        from ..data import paint_largest_errors
+        from ..models.fanet import feedback_code
+
+        radius = self.config.correction_radius
+        brush = None if radius is None else int(round(sum(radius) / 2))
+        tell_edits = bool(getattr(self.model, "edit_input", False))
+        truth = self._target(y).cpu().numpy() > 0
+        codes = []
+        for own, t in zip(self._mask_from_logits(logits), truth):
+            fed, region = paint_largest_errors(own, t, 1, brush)
+            codes.append(feedback_code(fed, region, t) if tell_edits else feedback_code(fed))
+        return torch.from_numpy(np.stack(codes)[:, None]).to(device)
 
     def _mask_from_logits(self, logits: torch.Tensor) -> np.ndarray:
         # FANet stores σ(z) > 0.5 (train.py); for a multi-class feedback model, argmax > 0.
@@ -434,6 +474,12 @@ class Trainer:
             x, extras, y = self._inputs(batch, self.val_mask_store)
             with self._autocast():
                 logits = self.model(x, *extras)
+            if self.takes_mask and self.val_mask_store is not None:
+                for i, m in zip(batch["index"].tolist(), self._mask_from_logits(logits)):
+                    self.val_mask_store.stage(i, m)
+            if self.takes_mask and self.config.val_feedback == "corrections":
+                with self._autocast():
+                    logits = self.model(x, self._painted_feedback(logits, y, extras[0].device), *extras[1:])
             b = x.shape[0]
             total += float(self.loss_fn(logits.float(), self._target(y))) * b
             n += b
@@ -441,9 +487,6 @@ class Trainer:
             gt = y.cpu().numpy()
             for p, g in zip(pred, gt):
                 per_image.append(_image_metrics(p, g, self.out_channels))
-            if self.takes_mask and self.val_mask_store is not None:
-                for i, m in zip(batch["index"].tolist(), self._mask_from_logits(logits)):
-                    self.val_mask_store.stage(i, m)
         self.model.train()
         return total / max(n, 1), _mean_metrics(per_image)
 
@@ -633,6 +676,25 @@ class _SkipSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.inner) - self.skip)
+
+
+def _errors_touching(mask: np.ndarray, truth: np.ndarray, painted: np.ndarray, margin: int = 0) -> np.ndarray:
+    """Per sample, the error components of ``mask`` (8-connected) that touch or border the
+    ``painted`` pixels, what a correction there leaves for the model to fix, plus every pixel
+    within ``margin`` px of the paint, right or wrong, so that the loss also covers what it must keep."""
+    from scipy import ndimage
+
+    out = np.zeros(mask.shape, bool)
+    for b in range(len(mask)):
+        if not painted[b].any():
+            continue
+        lab, _ = ndimage.label(mask[b] != truth[b], structure=np.ones((3, 3)))
+        near = ndimage.binary_dilation(painted[b], iterations=2)
+        touched = np.unique(lab[near & (lab > 0)])
+        out[b] = np.isin(lab, touched) & (lab > 0)
+        if margin:
+            out[b] |= ndimage.distance_transform_edt(~painted[b]) <= margin
+    return out
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str, numpy: bool = True) -> dict[str, Any]:

@@ -57,6 +57,25 @@ class TrainConfig:
     # whole error components. Match it to how a user will correct: (8, 48) for strokes, a few
     # pixels for click-like corrections on small objects (experiments/corrections.py, DSB clicks).
     correction_radius: tuple[int, int] | None = (8, 48)
+    # The learning rate of a correction-aware FANet's mask/edit input weights, as a multiple of
+    # lr. Zero-initialised (models.fanet.with_feedback_inputs) and moved by Adam at about lr per
+    # step, they reached 1-2 % of the image weights' norm in a fine-tune at lr/10 (reproduction.md
+    # §5c), too small for a correction to reach the network.
+    feedback_lr_scale: float = 1.0
+    # Correction-aware training: weight of an extra loss term, the mean binary cross-entropy over the
+    # errors a simulated correction left next to the painted pixels (the rest of the object the
+    # user clicked into, the rest of the boundary sliver they stroked): what a correction should
+    # propagate to. 0 = off, the plain loss over all pixels, where those pixels are a few hundred
+    # of 65,536 in a 256² tile.
+    correction_loss_weight: float = 0.0
+    # ... and every pixel within this many px of the paint, right or wrong: without them the term
+    # rewards flipping whatever lies near a correction (DSB clicks: a common start lost 0.07-0.10
+    # Dice outside the paint over 10 clicks).
+    correction_loss_margin: int = 0
+    # What validation feeds a feedback model: "released" (its stored masks) or "corrections" (ours:
+    # its own prediction with the largest error painted, as the simulated user does): the val loss,
+    # Dice, plateau schedule and checkpoint then measure what the model makes of a correction.
+    val_feedback: str = "released"
     # model selection for model.safetensors: val_loss (min) or dice (max; FU-net: class 1)
     select_on: str = "val_loss"
     select_class: int | None = None
@@ -88,12 +107,17 @@ class TrainConfig:
             "augment": ("none", "flip", "fanet"),
             "mask_update": ("on_improvement", "every_epoch"),
             "feedback": ("released", "corrections"),
+            "val_feedback": ("released", "corrections"),
             "select_on": ("val_loss", "dice"),
             "amp": ("auto", "bf16", "fp16", "off"),
         }
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; choose from {allowed}")
+        if not (self.correction_loss_weight >= 0 and self.correction_loss_weight < float("inf")):
+            raise ValueError(f"TrainConfig.correction_loss_weight={self.correction_loss_weight!r}; use a number >= 0")
+        if not (self.feedback_lr_scale > 0 and self.feedback_lr_scale < float("inf")):
+            raise ValueError(f"TrainConfig.feedback_lr_scale={self.feedback_lr_scale!r}; use a number > 0")
         if not 0.0 <= self.correction_prob <= 1.0:
             raise ValueError(f"TrainConfig.correction_prob={self.correction_prob!r}; choose a value in [0, 1]")
         if self.epochs < 1 or self.batch_size < 1:
