@@ -372,7 +372,7 @@ def test_instance_labels_are_not_taken_for_jpeg_noise(shared_data):
         to_label_map(mask, "m", binarize=True)
 
 
-def test_correction_radius_option_is_validated_and_recorded(tmp_path, capsys):
+def test_correction_options_are_validated_and_recorded(tmp_path, capsys):
     import json
 
     idir, mdir = _folders(tmp_path, n=4)
@@ -380,16 +380,21 @@ def test_correction_radius_option_is_validated_and_recorded(tmp_path, capsys):
             "--batch-size", "2", "--device", "cpu", "--val-fraction", "0", "--binarize"]
     assert main(base + ["--correction-radius", "5", "2", "--out", str(tmp_path / "bad")]) == 2
     assert "correction_radius=(5, 2)" in capsys.readouterr().err and not (tmp_path / "bad").exists()
-    assert main(base + ["--correction-radius", "2", "5", "--out", str(tmp_path / "ok")]) == 0
+    assert main(base + ["--correction-loss-weight", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--correction-loss-weight" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(base + ["--correction-radius", "2", "5", "--feedback-lr-scale", "10", "--val-feedback", "corrections",
+                        "--correction-loss-weight", "0.5", "--correction-loss-margin", "16",
+                        "--out", str(tmp_path / "ok")]) == 0
     state = json.loads((tmp_path / "ok" / "last" / "training_state.json").read_text())
     found = []
 
     def walk(d):  # wherever the run's config sits in the resume state
         if isinstance(d, dict):
             if "correction_radius" in d:
-                found.append(d["correction_radius"])
+                found.append(d)
             for v in d.values():
                 walk(v)
 
     walk(state)
-    assert found == [[2, 5]]
+    assert [(c["correction_radius"], c["feedback_lr_scale"], c["val_feedback"], c["correction_loss_weight"],
+             c["correction_loss_margin"]) for c in found] == [([2, 5], 10.0, "corrections", 0.5, 16)]

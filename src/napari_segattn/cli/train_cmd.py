@@ -66,6 +66,16 @@ def add_parser(sub) -> None:
     fb.add_argument("--correction-radius", type=POSITIVE_INT, nargs=2, metavar=("LO", "HI"),
                     help="brush radius of the simulated corrections in px, drawn from [LO, HI] (default 8 48; a few px "
                          "trains for click-like corrections on small objects)")
+    fb.add_argument("--feedback-lr-scale", type=POSITIVE_FLOAT, metavar="K",
+                    help="the mask/edit input weights learn K times as fast as the rest (default 1)")
+    fb.add_argument("--val-feedback", choices=["released", "corrections"],
+                    help="what validation feeds the model: its stored masks (default) or its prediction with the "
+                         "largest error painted; the loss, schedule and kept checkpoint then follow the latter")
+    fb.add_argument("--correction-loss-weight", type=float_range(0.0, low_open=False), metavar="W",
+                    help="extra cross-entropy, weighted W, over the errors a simulated correction left next to the "
+                         "paint (default 0: off)")
+    fb.add_argument("--correction-loss-margin", type=NONNEGATIVE_INT, metavar="PX",
+                    help="... and over every pixel within PX of the paint (default 0)")
     p.set_defaults(func=run)
 
 
@@ -183,6 +193,8 @@ def _config(args):
         "checkpoint_every": args.checkpoint_every,
         "feedback": args.feedback, "correction_prob": args.correction_prob,
         "correction_radius": tuple(args.correction_radius) if args.correction_radius else None,
+        "feedback_lr_scale": args.feedback_lr_scale, "val_feedback": args.val_feedback,
+        "correction_loss_weight": args.correction_loss_weight, "correction_loss_margin": args.correction_loss_margin,
     }
     cfg = recipe_for(args.model)
     try:

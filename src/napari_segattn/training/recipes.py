@@ -116,6 +116,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}; choose from {allowed}")
         if not (self.correction_loss_weight >= 0 and self.correction_loss_weight < float("inf")):
             raise ValueError(f"TrainConfig.correction_loss_weight={self.correction_loss_weight!r}; use a number >= 0")
+        if int(self.correction_loss_margin) != self.correction_loss_margin or self.correction_loss_margin < 0:
+            raise ValueError(f"TrainConfig.correction_loss_margin={self.correction_loss_margin!r}; use whole pixels >= 0")
         if not (self.feedback_lr_scale > 0 and self.feedback_lr_scale < float("inf")):
             raise ValueError(f"TrainConfig.feedback_lr_scale={self.feedback_lr_scale!r}; use a number > 0")
         if not 0.0 <= self.correction_prob <= 1.0:
