@@ -53,6 +53,10 @@ VARIANTS = {
     "nb": dict(_CA, val_feedback="corrections", correction_loss_weight=1.0, correction_loss_margin=16),
     "nb10": dict(_CA, val_feedback="corrections", correction_loss_weight=1.0, correction_loss_margin=16,
                  feedback_lr_scale=10.0),
+    "m4": dict(_CA, val_feedback="corrections", correction_loss_weight=1.0, correction_loss_margin=4,
+               feedback_lr_scale=10.0),
+    "m8": dict(_CA, val_feedback="corrections", correction_loss_weight=1.0, correction_loss_margin=8,
+               feedback_lr_scale=10.0),
     "control": dict(val_feedback="corrections"),  # the released model fine-tuned as long, no corrections
 }
 

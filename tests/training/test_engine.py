@@ -360,6 +360,16 @@ class _FeedSpy(torch.nn.Module):
         return out
 
 
+def _edit_model_spy(calls):
+    """A small FANet with mask and edit input channels, recording its forwards into ``calls``."""
+    torch.manual_seed(0)
+    net = build_model("fanet", in_channels=1, out_channels=1, width=4, mixpool="none", mask_input=True,
+                      edit_input=True)
+    spy = _FeedSpy(net, calls)
+    spy.edit_input = True
+    return spy
+
+
 def _steps(calls):
     """Split the recorded forwards into training steps: no-grad passes, then the trained one."""
     steps, cur = [], []
@@ -442,11 +452,7 @@ def test_an_edit_input_model_is_told_which_pixels_were_painted():
     from napari_segattn.models.fanet import PAINTED_BACKGROUND, PAINTED_FOREGROUND
 
     calls = []
-    torch.manual_seed(0)
-    net = build_model("fanet", in_channels=1, out_channels=1, width=4, mixpool="none", mask_input=True,
-                      edit_input=True)
-    spy = _FeedSpy(net, calls)
-    spy.edit_input = True
+    spy = _edit_model_spy(calls)
     ds = toy_dataset(2, size=32)
     cfg = dataclasses.replace(recipe_for("fanet"), epochs=6, batch_size=2, augment="none",
                               feedback="corrections", correction_prob=1.0)
@@ -499,11 +505,7 @@ def test_correction_loss_weight_adds_the_cross_entropy_over_the_propagation_zone
     from napari_segattn.training.losses import build_loss
 
     calls = []
-    torch.manual_seed(0)
-    net = build_model("fanet", in_channels=1, out_channels=1, width=4, mixpool="none", mask_input=True,
-                      edit_input=True)
-    spy = _FeedSpy(net, calls)
-    spy.edit_input = True
+    spy = _edit_model_spy(calls)
     ds = toy_dataset(2, size=32)
     cfg = dataclasses.replace(recipe_for("fanet"), epochs=1, batch_size=2, augment="none",
                               feedback="corrections", correction_prob=1.0, correction_loss_weight=2.0)
