@@ -6,6 +6,8 @@ from it, so variants differ only in the fine-tune. Three readings:
   train    fine-tune variants and run the study's simulated user from each model's own start
   common   every model continues from the released model's refined mask (same start for all)
   fill     DSB: one 5 px click into each error component >= 30 px, one step; share of the rest fixed
+  drop     DSB: one found nucleus at a time removed from the released model's mask (a made missed
+           object), one 5 px click into it, one step; share of it restored
 
   python scripts/correction_probes.py train dsb 0 study zone10 nb10 --dir /tmp/probes
   python scripts/correction_probes.py common dsb 0 paint released study nb10 --dir /tmp/probes
@@ -176,6 +178,40 @@ def fill(args) -> None:
                                 "extra": [len(extra), float(np.mean(extra)) if extra else None]}), flush=True)
 
 
+def drop(args) -> None:
+    """Object-level errors made on purpose: from the released model's refined DSB mask, remove one
+    correctly found nucleus at a time (as if missed), click 5 px at its interior point, one step
+    with the study's local update; the share of the removed nucleus outside the click restored,
+    and the pixels changed elsewhere."""
+    from scipy import ndimage
+
+    p, _, _, test, _ = _setup("dsb", args.seed, args.data)
+    released = _load(args.dir, "dsb", args.seed, "released", p)
+    starts = [corrections.refined_start(released, im, p["start_steps"])[1] for _, im, _ in test]
+    for name in args.models:
+        model = _load(args.dir, "dsb", args.seed, name, p)
+        restored, elsewhere = [], []
+        for (_, image, truth), start in zip(test, starts):
+            truth = truth > 0
+            lab, n = ndimage.label(start)
+            for k in range(1, n + 1):
+                obj = lab == k
+                if obj.sum() < 30 or (obj & truth).sum() < 0.9 * obj.sum():
+                    continue
+                click = _brush(obj, 5) & obj
+                fed = start & ~obj
+                fed[click] = True
+                refiner = FANetRefiner(model, image, init=start & ~obj, channel_axis=0, device="cpu", pin_edits=True,
+                                       focus=p["focus"], progressive_merge=p["merge"])
+                refiner.set_mask(fed)
+                out = refiner.step().mask
+                rest = obj & ~click
+                restored.append(float(out[rest].mean()))
+                elsewhere.append(int(np.count_nonzero((out != fed) & ~obj)))
+        print(name, json.dumps({"objects": len(restored), "restored": float(np.mean(restored)),
+                                "changed_elsewhere_px": float(np.mean(elsewhere))}), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -185,10 +221,11 @@ def main() -> None:
         sp.add_argument("seed", type=int)
         sp.add_argument("models", nargs="+")
         sp.set_defaults(func=func)
-    sp = sub.add_parser("fill")
-    sp.add_argument("seed", type=int)
-    sp.add_argument("models", nargs="+")
-    sp.set_defaults(func=fill)
+    for name, func in (("fill", fill), ("drop", drop)):
+        sp = sub.add_parser(name)
+        sp.add_argument("seed", type=int)
+        sp.add_argument("models", nargs="+")
+        sp.set_defaults(func=func)
     for sp in sub.choices.values():
         sp.add_argument("--dir", type=Path, default=Path("correction-probes"))
         sp.add_argument("--data", default="../shared/data")
