@@ -397,9 +397,9 @@ class Trainer:
         throughout training. As in ``FANetRefiner(pin_edits=True)``, painted pixels accumulate,
         keep their painted value in later passes and, for an ``edit_input`` model, are marked in
         the fed code. Returns the new feedback, the last own prediction (None after 0 passes),
-        which the mask store stages as the released loop would, and the *propagation zone*: the
-        errors of the fed mask in components that touch the painted pixels (for
-        ``correction_loss_weight``).
+        which the mask store stages as the released loop would, and, with a
+        ``correction_loss_weight``, the *propagation zone*: the errors of the fed mask in
+        components that touch the painted pixels (None without).
         """
         from ..data import otsu_mask, simulate_correction
         from ..models.fanet import feedback_code
@@ -438,8 +438,9 @@ class Trainer:
             finally:
                 self.model.train(was_training)
         fed = correct(mask)
-        return (fed, *extras[1:]), own, _errors_touching(fed[:, 0].cpu().numpy() > 0.5, truth, edit,
-                                                         self.config.correction_loss_margin)
+        zone = (_errors_touching(fed[:, 0].cpu().numpy() > 0.5, truth, edit, self.config.correction_loss_margin)
+                if self.config.correction_loss_weight else None)
+        return (fed, *extras[1:]), own, zone
 
     def _painted_feedback(self, logits: torch.Tensor, y: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Validation's simulated user (``val_feedback="corrections"``): the model's prediction
