@@ -122,6 +122,14 @@ def train(args) -> None:
         print(variant, json.dumps(row), flush=True)
 
 
+def _monotone(fed: np.ndarray, out: np.ndarray, painted_values: np.ndarray) -> np.ndarray:
+    """A step may only move pixels the way the new paint went: after foreground paint only
+    additions, after background paint only removals (both after mixed paint)."""
+    grow, shrink = bool(painted_values.any()), bool((~painted_values).any())
+    keep = (out & ~fed & grow) | (~out & fed & shrink)
+    return np.where(keep, out, fed)
+
+
 def common_start(args) -> None:
     p, _, _, test, _ = _setup(args.dataset, args.seed, args.data)
     released = _load(args.dir, args.dataset, args.seed, "released", p)
@@ -137,12 +145,14 @@ def common_start(args) -> None:
                 progressive_merge=p["merge"])
             mask, curve, gained = start.copy(), [dice(start)], 0.0
             for _ in range(p["rounds"]):
-                fed, _ = paint_largest_errors(mask, truth, 1, p["brush"])
+                fed, region = paint_largest_errors(mask, truth, 1, p["brush"])
                 if refiner is None:
                     mask = fed
                 else:
                     refiner.set_mask(fed)
                     mask = refiner.step().mask
+                    if args.monotone:
+                        mask = _monotone(fed, mask, truth[region])
                 curve.append(dice(mask))
                 gained += dice(mask) - dice(fed)
             dices.append(curve)
@@ -221,6 +231,9 @@ def main() -> None:
         sp.add_argument("seed", type=int)
         sp.add_argument("models", nargs="+")
         sp.set_defaults(func=func)
+        if name == "common":
+            sp.add_argument("--monotone", action="store_true",
+                            help="a step only moves pixels the way the new paint went (grow after foreground paint)")
     for name, func in (("fill", fill), ("drop", drop)):
         sp = sub.add_parser(name)
         sp.add_argument("seed", type=int)
