@@ -6,6 +6,7 @@ from it, so variants differ only in the fine-tune. Three readings:
   train    fine-tune variants and run the study's simulated user from each model's own start
   common   every model continues from the released model's refined mask (same start for all)
   fill     DSB: one 5 px click into each error component >= 30 px, one step; share of the rest fixed
+  refine   the released model's Dice per test-time iteration 0 (Otsu)..10, before any correction
   drop     DSB: one found nucleus at a time removed from the released model's mask (a made missed
            object), one 5 px click into it, one step; share of it restored
 
@@ -92,7 +93,8 @@ def _own_start(model, test, p) -> dict:
             "outside": float(np.mean([sum(r["gain_outside"] for r in rows[1:]) for rows in runs]))}
 
 
-def train(args) -> None:
+def _data_and_recipe(args):
+    """The study's data sets and the released model's recipe (corrections.run's)."""
     p, (tr_i, tr_l), (va_i, va_l), test, n_epochs = _setup(args.dataset, args.seed, args.data)
     norm = Normalization("zscore", per="image")
     base = dataclasses.replace(recipe_for("fanet"), epochs=n_epochs, seed=args.seed, batch_size=4, lr=1e-3,
@@ -100,12 +102,35 @@ def train(args) -> None:
     train_ds = common.make_dataset(tr_i, tr_l, range(len(tr_i)), [f"t{k}" for k in range(len(tr_i))], norm,
                                    augmenter=build_augmenter(base), seed=args.seed)
     val_ds = common.make_dataset(va_i, va_l, range(len(va_i)), [f"v{k}" for k in range(len(va_i))], norm)
+    return p, train_ds, val_ds, test, n_epochs, base
+
+
+def _released(args, p, train_ds, val_ds, base):
+    """The released FANet of this data set and seed: trained once, then read back."""
     path = args.dir / f"released-{args.dataset}-{args.seed}.pt"
     if path.exists():
-        released = _load(args.dir, args.dataset, args.seed, "released", p)
-    else:
-        released = common.train("fanet", _model_kw(p, "released"), train_ds, val_ds, base, lambda s: None).model
-        torch.save(released.state_dict(), path)
+        return _load(args.dir, args.dataset, args.seed, "released", p)
+    released = common.train("fanet", _model_kw(p, "released"), train_ds, val_ds, base, lambda s: None).model
+    torch.save(released.state_dict(), path)
+    return released
+
+
+def refine(args) -> None:
+    """FANet's test-time refinement before any correction: mean Dice of the Otsu mask (0) and of
+    iterations 1..10 on the held-out images (the paper iterates up to 10 times)."""
+    p, train_ds, val_ds, test, _, base = _data_and_recipe(args)
+    released = _released(args, p, train_ds, val_ds, base)
+    curves = []
+    for _, image, truth in test:
+        trace: list = []
+        corrections.refined_start(released, image, 10, trace)
+        curves.append([float(binary_metrics(m, truth > 0)["dice"]) for m in trace])
+    print("released", json.dumps({"dice_per_iteration": np.mean(curves, axis=0).round(4).tolist()}), flush=True)
+
+
+def train(args) -> None:
+    p, train_ds, val_ds, test, n_epochs, base = _data_and_recipe(args)
+    released = _released(args, p, train_ds, val_ds, base)
     print("released", _own_start(released, test, p), flush=True)
     fine_tune = dataclasses.replace(base, lr=base.lr * p["ca_lr_scale"],
                                     epochs=max(1, round(n_epochs * p["ca_epoch_scale"])),
@@ -225,11 +250,11 @@ def drop(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    for name, func in (("train", train), ("common", common_start)):
+    for name, func in (("train", train), ("common", common_start), ("refine", refine)):
         sp = sub.add_parser(name)
         sp.add_argument("dataset", choices=sorted(DATA))
         sp.add_argument("seed", type=int)
-        sp.add_argument("models", nargs="+")
+        sp.add_argument("models", nargs="*" if name == "refine" else "+")
         sp.set_defaults(func=func)
         if name == "common":
             sp.add_argument("--monotone", action="store_true",
