@@ -27,14 +27,12 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-
 from napari_segattn.data import Normalization, paint_largest_errors
 from napari_segattn.data.corrections import _brush
 from napari_segattn.experiments import common, corrections, corrections_clicks, corrections_wm
 from napari_segattn.inference import FANetRefiner
 from napari_segattn.metrics import binary_metrics
-from napari_segattn.models import build_model
+from napari_segattn.models import load_model, save_model
 from napari_segattn.models.fanet import with_feedback_inputs
 from napari_segattn.training import build_augmenter, recipe_for
 
@@ -78,11 +76,17 @@ def _model_kw(p: dict, variant: str) -> dict:
     return {**kw, **VARIANTS[variant].get("_model", {"mask_input": True, "edit_input": True})}
 
 
-def _load(directory: Path, dname: str, seed: int, variant: str, p: dict):
-    model = build_model("fanet", **_model_kw(p, variant))
-    model.load_state_dict(torch.load(directory / f"{variant}-{dname}-{seed}.pt"))
+def _path(directory: Path, dname: str, seed: int, variant: str) -> Path:
+    return directory / f"{variant}-{dname}-{seed}.safetensors"
+
+
+def _save(model, directory: Path, dname: str, seed: int, variant: str) -> None:
     model.segattn_normalization = Normalization("zscore", per="image").to_dict()
-    return model.eval()
+    save_model(model, _path(directory, dname, seed, variant))
+
+
+def _load(directory: Path, dname: str, seed: int, variant: str):
+    return load_model(_path(directory, dname, seed, variant)).eval()
 
 
 def _own_start(model, test, p) -> dict:
@@ -107,11 +111,10 @@ def _data_and_recipe(args):
 
 def _released(args, p, train_ds, val_ds, base):
     """The released FANet of this data set and seed: trained once, then read back."""
-    path = args.dir / f"released-{args.dataset}-{args.seed}.pt"
-    if path.exists():
-        return _load(args.dir, args.dataset, args.seed, "released", p)
+    if _path(args.dir, args.dataset, args.seed, "released").exists():
+        return _load(args.dir, args.dataset, args.seed, "released")
     released = common.train("fanet", _model_kw(p, "released"), train_ds, val_ds, base, lambda s: None).model
-    torch.save(released.state_dict(), path)
+    _save(released, args.dir, args.dataset, args.seed, "released")
     return released
 
 
@@ -141,7 +144,7 @@ def train(args) -> None:
         start = copy.deepcopy(released) if variant == "control" else with_feedback_inputs(released, **inputs)
         res = common.train("fanet", _model_kw(p, variant), train_ds, val_ds,
                            dataclasses.replace(fine_tune, **changes), lambda s: None, model=start)
-        torch.save(res.model.state_dict(), args.dir / f"{variant}-{args.dataset}-{args.seed}.pt")
+        _save(res.model, args.dir, args.dataset, args.seed, variant)
         row = {**_own_start(res.model, test, p), "best_epoch": res.best_epoch,
                "share": corrections.feedback_weight_share(res.model)}
         print(variant, json.dumps(row), flush=True)
@@ -157,10 +160,10 @@ def _monotone(fed: np.ndarray, out: np.ndarray, painted_values: np.ndarray) -> n
 
 def common_start(args) -> None:
     p, _, _, test, _ = _setup(args.dataset, args.seed, args.data)
-    released = _load(args.dir, args.dataset, args.seed, "released", p)
+    released = _load(args.dir, args.dataset, args.seed, "released")
     starts = [corrections.refined_start(released, im, p["start_steps"])[1] for _, im, _ in test]
     for name in args.models:
-        model = None if name == "paint" else _load(args.dir, args.dataset, args.seed, name, p)
+        model = None if name == "paint" else _load(args.dir, args.dataset, args.seed, name)
         dices, outside = [], []
         for (_, image, truth), start in zip(test, starts):
             truth = truth > 0
@@ -191,7 +194,7 @@ def fill(args) -> None:
 
     p, _, _, test, _ = _setup("dsb", args.seed, args.data)
     for name in args.models:
-        model = _load(args.dir, "dsb", args.seed, name, p)
+        model = _load(args.dir, "dsb", args.seed, name)
         missed, extra = [], []
         for _, image, truth in test:
             truth = truth > 0
@@ -221,10 +224,10 @@ def drop(args) -> None:
     from scipy import ndimage
 
     p, _, _, test, _ = _setup("dsb", args.seed, args.data)
-    released = _load(args.dir, "dsb", args.seed, "released", p)
+    released = _load(args.dir, "dsb", args.seed, "released")
     starts = [corrections.refined_start(released, im, p["start_steps"])[1] for _, im, _ in test]
     for name in args.models:
-        model = _load(args.dir, "dsb", args.seed, name, p)
+        model = _load(args.dir, "dsb", args.seed, name)
         restored, elsewhere = [], []
         for (_, image, truth), start in zip(test, starts):
             truth = truth > 0
