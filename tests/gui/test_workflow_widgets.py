@@ -147,6 +147,48 @@ def test_steps_update_their_layers_in_place(make_napari_viewer, qtbot):
     assert viewer.layers[names[0]].data.shape == (4, *img.shape)
 
 
+def test_status_says_when_refinement_alternates_or_converges(make_napari_viewer, qtbot):
+    """A loaded feedback model whose loop alternates between two masks (it answers the opposite of
+    its feedback): from the second Step on, the status says the mask is an earlier iteration's
+    again and how many pixels each Step flips back; the refinement layer shows the flip."""
+    import torch
+
+    from napari_segattn.models.base import SegmentationModel
+    from napari_segattn.models.registry import _REGISTRY, register_model
+    from napari_segattn.widgets.state import LoadedModel
+
+    class InvertFeedback(SegmentationModel):
+        stride = 1
+
+        def __init__(self, in_channels=1, out_channels=1):
+            super().__init__(in_channels, out_channels)
+            self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+        def _forward(self, x, mask):
+            return 10.0 * (0.5 - mask) + 0.0 * x + self.dummy
+
+    if "_gui_invert" not in _REGISTRY:
+        register_model("_gui_invert", summary="test stand-in", paper="-", takes_mask=True)(InvertFeedback)
+    img, _ = _blobs()
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, img)
+    net = InvertFeedback()
+    net.segattn_config = {"name": "_gui_invert", "config": {"in_channels": 1, "out_channels": 1}}
+    net.segattn_normalization = None
+    state.set_model(LoadedModel(net, "_gui_invert", {}, "built", takes_mask=True))
+    statuses = []
+    for _ in range(3):
+        rw.step_button.clicked.emit()
+        _wait_idle(qtbot, state)
+        statuses.append(rw.status.value)
+    refinement = viewer.layers["refinement (0 = initial mask)"].data
+    flipped = int(np.count_nonzero(refinement[2] != refinement[1]))
+    assert flipped > 0 and np.array_equal(refinement[2] > 0, refinement[0] > 0)
+    assert "alternating" not in statuses[0]
+    assert f"alternating: this is iteration init's mask again, so each Step flips the same {flipped:,} pixel(s) back" \
+        in statuses[1]
+    assert "alternating: this is iteration 1's mask again" in statuses[2]
+
+
 def test_fanet_steps_and_painted_correction_is_fed_back(setup, qtbot):
     viewer, widgets, state, img, gt = setup
     _build(widgets, "fanet", in_channels=1)

@@ -50,6 +50,20 @@ class GrowFromMask(SegmentationModel):
         return 10.0 * (grown + x.mean(1, keepdim=True) - 1.2) + self.dummy
 
 
+class InvertMask(SegmentationModel):
+    """Feedback stand-in that answers the opposite of what it is fed: logit = 10 * (0.5 - mask),
+    so its loop alternates between two masks (a 2-cycle) from the first step."""
+
+    stride = 1
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1) -> None:
+        super().__init__(in_channels, out_channels)
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def _forward(self, x, mask):
+        return 10.0 * (0.5 - mask) + 0.0 * x.mean(1, keepdim=True) + self.dummy
+
+
 def _register(name, builder, **kw):
     if name not in _REGISTRY:
         register_model(name, summary="test stand-in", paper="-", **kw)(builder)
@@ -58,6 +72,7 @@ def _register(name, builder, **kw):
 _register("_standin", MeanThreshold)
 _register("_standin_rfna", MeanThreshold, reverse_labels=True)
 _register("_standin_fanet", GrowFromMask, takes_mask=True)
+_register("_standin_fanet_invert", InvertMask, takes_mask=True)
 
 
 def make(cls, name, in_channels=1, out_channels=1):
@@ -72,7 +87,7 @@ def standin():
     """Factory: ``standin(kind, in_channels=1, out_channels=1)`` with kind in
     ``"plain"``, ``"rfna"``, ``"fanet"``."""
     kinds = {"plain": (MeanThreshold, "_standin"), "rfna": (MeanThreshold, "_standin_rfna"),
-             "fanet": (GrowFromMask, "_standin_fanet")}
+             "fanet": (GrowFromMask, "_standin_fanet"), "invert": (InvertMask, "_standin_fanet_invert")}
 
     def factory(kind="plain", in_channels=1, out_channels=1):
         cls, name = kinds[kind]

@@ -44,6 +44,23 @@ def test_history_indexing_and_early_stop(standin):
     assert hist[-1].probabilities.dtype == np.float32 and hist[-1].probabilities.shape == (H, W)
 
 
+def test_a_settled_loop_is_named_fixed_point_or_2_cycle(standin):
+    """The line stand-in grows to the line and stops (fixed point at the step that changes nothing);
+    a stand-in that inverts its feedback alternates between two masks from its second step on.
+    A step fed a user's edit is never called settled."""
+    img, seed = line_image()
+    grow = FANetRefiner(standin("fanet"), img, init=seed, device="cpu").run(max_iters=7, tol=None)
+    assert [r.repeats for r in grow] == [None] * 5 + ["fixed point"] * 2
+    flip = FANetRefiner(standin("invert"), img, init=seed, device="cpu")
+    hist = flip.run(max_iters=4, tol=None)
+    np.testing.assert_array_equal(hist[0].mask, ~seed)
+    np.testing.assert_array_equal(hist[1].mask, seed)  # iteration 0's input again
+    assert [r.repeats for r in hist] == [None, "2-cycle", "2-cycle", "2-cycle"]
+    assert hist[1].row()["repeats"] == "2-cycle"
+    flip.set_mask(hist[-1].mask)  # unchanged paint still counts as an edit step
+    assert flip.step().repeats is None
+
+
 def test_no_early_stop_like_released(standin):
     img, seed = line_image()
     ref = FANetRefiner(standin("fanet"), img, init=seed, device="cpu")

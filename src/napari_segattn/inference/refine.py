@@ -78,6 +78,10 @@ class IterationResult:
     focus: tuple[slice, ...] | None = None  # the box this step was limited to (``FANetRefiner(focus=)``)
     dropped: int = 0  # changed pixels not connected to the new paint, dropped (``progressive_merge``)
     merged_with: np.ndarray | None = None  # bool: the new paint the changes had to touch (progressive merge)
+    # Where the loop has settled (steps without a new edit): "fixed point" (the mask came back
+    # unchanged) or "2-cycle" (it is the mask of two iterations ago again: the next Step flips
+    # the same pixels back). FANet's loop often ends in one or the other (reproduction.md §1c).
+    repeats: str | None = None
 
     @property
     def changed_pixels(self) -> int:
@@ -86,7 +90,7 @@ class IterationResult:
     def row(self) -> dict:
         """A flat table row (iteration, changed_fraction, metrics...)."""
         out = {"iteration": self.index, "changed_fraction": self.changed_fraction, "edited": self.edited,
-               "seconds": self.seconds}
+               "seconds": self.seconds, "repeats": self.repeats or ""}
         if self.edit is not None:
             out.update(edit_pixels=int(self.edit.sum()), pinned=self.pinned,
                        changed_outside_edit=self.changed_outside_edit)
@@ -250,6 +254,12 @@ class FANetRefiner:
         mask, pinned = self._mask_of(p, has_edit, fed, focus)
         merged_with = self._fresh.copy() if self.progressive_merge and self._edited and self._fresh.any() else None
         mask, dropped = self._merged(fed, mask, merged_with)
+        repeats = None
+        if not self._edited:
+            if not np.any(mask != fed):
+                repeats = "fixed point"
+            elif self.history and np.array_equal(mask, self.history[-1].input_mask):
+                repeats = "2-cycle"
         res = IterationResult(
             index=len(self.history),
             input_mask=fed,
@@ -265,6 +275,7 @@ class FANetRefiner:
             focus=focus,
             dropped=dropped,
             merged_with=merged_with,
+            repeats=repeats,
         )
         self.history.append(res)
         self._next_mask = mask

@@ -705,6 +705,12 @@ class PredictRefineWidget(Container):
             text += f", Dice {last.metrics['dice']:.4f}"
         if last.edit is not None:
             text += "; " + self._edit_report(refiner, last)
+        if last.repeats == "fixed point":
+            text += "; converged: another Step gives the same mask"
+        elif last.repeats == "2-cycle":
+            back = "init" if last.index < 2 else str(last.index - 1)
+            text += (f"; alternating: this is iteration {back}'s mask again, so each Step flips the same "
+                     f"{last.changed_pixels:,} pixel(s) back")
         if getattr(self, "_gt_note", ""):
             text += f"; {self._gt_note}"
         if getattr(self, "_restart_note", ""):
