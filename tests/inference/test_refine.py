@@ -59,6 +59,9 @@ def test_a_settled_loop_is_named_fixed_point_or_2_cycle(standin):
     assert hist[1].row()["repeats"] == "2-cycle"
     flip.set_mask(hist[-1].mask)  # unchanged paint still counts as an edit step
     assert flip.step().repeats is None
+    # run to convergence stops at the 2-cycle (it would never get under tol); as released, it does not
+    assert len(FANetRefiner(standin("invert"), img, init=seed, device="cpu").run(max_iters=10, tol=0.0)) == 2
+    assert len(FANetRefiner(standin("invert"), img, init=seed, device="cpu").run(max_iters=10, tol=None)) == 10
 
 
 def test_no_early_stop_like_released(standin):

@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("--iterations", type=POSITIVE_INT, default=10)
     p.add_argument("--init", default="otsu", choices=["otsu", "empty", "full"], help="initial feedback mask")
     p.add_argument("--tol", type=float_range(0.0, 1.0, low_open=False, high_open=False), default=None,
-                   help="stop once the changed-pixel fraction is <= TOL (default: never, as released)")
+                   help="stop once the changed-pixel fraction is <= TOL, or when the mask alternates between two "
+                        "masks (a 2-cycle; default: never stop early, as released)")
     p.add_argument("--out", default=None,
                    help="output folder (default: ./<image name>_refine, or ./refine with several inputs, in "
                         "the current folder); several inputs get one sub-folder <image name>/ each")

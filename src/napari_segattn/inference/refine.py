@@ -338,14 +338,16 @@ class FANetRefiner:
         self, max_iters: int = 10, tol: float | None = 0.0, cancel: Callable[[], bool] | None = None
     ) -> Iterator[IterationResult]:
         """Generator: up to ``max_iters`` more steps, yielding each; stops once the changed
-        fraction is ``<= tol`` (``tol=None``: never, as released test.py). Returns the history."""
+        fraction is ``<= tol`` or the loop alternates between two masks (a 2-cycle never gets
+        under any tol: more steps only flip the same pixels back); ``tol=None``: never, as
+        released test.py. Returns the history."""
         max_iters = check_int(max_iters, "max_iters")  # 0 / negative returned [] silently
         for _ in range(max_iters):
             if cancel is not None and cancel():
                 raise Cancelled("refinement cancelled")
             res = self.step(cancel=cancel)
             yield res
-            if tol is not None and res.changed_fraction <= tol:
+            if tol is not None and (res.changed_fraction <= tol or res.repeats == "2-cycle"):
                 break
         return self.history
 

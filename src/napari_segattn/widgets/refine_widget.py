@@ -93,7 +93,10 @@ class PredictRefineWidget(Container):
         self.objects = wrapped_label(value="")
         self.init = ComboBox(label="initial mask", choices=INIT_CHOICES, value="otsu")
         self.max_iters = SpinBox(label="max iterations", value=10, min=1, max=100)
-        self.tol = FloatSpinBox(label="stop when changed <", value=0.0, min=0.0, max=1.0, step=0.001)
+        self.tol = FloatSpinBox(label="stop when changed <", value=0.0, min=0.0, max=1.0, step=0.001,
+                                tooltip="Run to convergence stops once a Step changes at most this fraction of "
+                                        "pixels, or when the mask alternates between two masks (more Steps would "
+                                        "only flip the same pixels back)")
         self.step_button = PushButton(text="Step")
         self.run_button = PushButton(text="Run to convergence")
         self.reset_button = PushButton(text="Reset")
