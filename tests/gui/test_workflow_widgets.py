@@ -187,6 +187,15 @@ def test_status_says_when_refinement_alternates_or_converges(make_napari_viewer,
     assert f"alternating: this is iteration init's mask again, so each Step flips the same {flipped:,} pixel(s) back" \
         in statuses[1]
     assert "alternating: this is iteration 1's mask again" in statuses[2]
+    # Reset, then Run to convergence (max 10, tol 0): it stops at the 2-cycle instead of flipping to 10
+    rw.reset_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    rw.max_iters.value, rw.tol.value = 10, 0.0
+    rw.run_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert len(state.refiner.history) == 2 and state.refiner.history[-1].repeats == "2-cycle"
+    assert viewer.layers["refinement (0 = initial mask)"].data.shape[0] == 3  # init + 2 iterations
+    assert "alternating: this is iteration init's mask again" in rw.status.value
 
 
 def test_fanet_steps_and_painted_correction_is_fed_back(setup, qtbot):

@@ -559,6 +559,28 @@ def test_feedback_lr_scale_multiplies_the_step_of_the_mask_and_edit_weights_only
             torch.testing.assert_close(d5, d1)
 
 
+def test_correction_options_a_run_cannot_use_are_named_in_a_warning():
+    """A plain U-Net with the correction options set trains, and says which ones it ignored; a
+    correction-aware FANet using them raises no such warning."""
+    import warnings
+
+    from napari_segattn.data.errors import SegattnWarning
+
+    options = dict(feedback_lr_scale=10.0, val_feedback="corrections", correction_loss_weight=1.0)
+    cfg = dataclasses.replace(recipe_for("pam"), epochs=1, batch_size=2, **options)
+    with pytest.warns(SegattnWarning, match="ignored in this run") as caught:
+        Trainer(build_model("_tiny"), toy_dataset(2), toy_dataset(2, seed=5), cfg, device="cpu").fit()
+    text = str(caught[0].message)
+    assert all(name in text for name in options)
+    cfg = dataclasses.replace(recipe_for("fanet"), epochs=1, batch_size=2, augment="none", feedback="corrections",
+                              **options)
+    net = build_model("fanet", in_channels=1, out_channels=1, width=4, mixpool="none", mask_input=True,
+                      edit_input=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="ignored in this run", category=SegattnWarning)
+        Trainer(net, toy_dataset(2, size=32), toy_dataset(2, size=32, seed=5), cfg, device="cpu").fit()
+
+
 def test_validation_on_corrections_scores_the_model_fed_its_painted_prediction():
     """val_feedback='corrections': each validation batch runs twice, first on the stored mask (whose
     prediction the store keeps, as released), then on that prediction with its largest error

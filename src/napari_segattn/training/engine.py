@@ -229,6 +229,7 @@ class Trainer:
         else:
             self.ddp = self.model
         self.train_data, self.val_data = self._attach_feedback()
+        self._warn_unused_correction_options()
         # One sampler for both cases: the permutation depends only on (seed, epoch).
         self.sampler = DistributedSampler(
             self.train_data, num_replicas=self.world, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=False
@@ -251,6 +252,20 @@ class Trainer:
             else None
         )
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+
+    def _warn_unused_correction_options(self) -> None:
+        """Say which correction-aware options this model and run ignore, instead of training as if
+        they applied (``segattn train --feedback-lr-scale 10`` on a model without feedback inputs)."""
+        cfg = self.config
+        unused = []
+        if cfg.feedback_lr_scale != 1 and not getattr(self.model, "feedback_input_weights", lambda: [])():
+            unused.append("feedback_lr_scale (the model has no mask/edit input channels)")
+        if cfg.val_feedback != "released" and not self.takes_mask:
+            unused.append("val_feedback (the model takes no feedback mask)")
+        if cfg.correction_loss_weight and not (self.takes_mask and cfg.feedback == "corrections"):
+            unused.append('correction_loss_weight (it needs a feedback model and feedback="corrections")')
+        if unused:
+            warnings.warn("ignored in this run: " + "; ".join(unused), SegattnWarning, stacklevel=3)
 
     def _attach_feedback(self) -> tuple[Dataset, Dataset | None]:
         """The data sets the loaders read: for a feedback model, views of the caller's data sets
