@@ -158,6 +158,22 @@ def _monotone(fed: np.ndarray, out: np.ndarray, painted_values: np.ndarray) -> n
     return np.where(keep, out, fed)
 
 
+def _flood(out: np.ndarray, p: np.ndarray, region: np.ndarray, values: np.ndarray, band: float) -> np.ndarray:
+    """The new paint's value spread to the pixels the model is unsure of (within ``band`` of 0.5,
+    on the other side) that connect to it: a foreground click takes in the connected
+    not-quite-foreground, a background click drops the connected barely-foreground."""
+    from scipy import ndimage
+
+    res = out.copy()
+    for value, paint, flip in ((True, region & values, ~out & (p > 0.5 - band)),
+                               (False, region & ~values, out & (p < 0.5 + band))):
+        if paint.any():
+            lab, _ = ndimage.label(flip | paint)
+            ids = np.unique(lab[paint])
+            res[np.isin(lab, ids[ids > 0]) & flip] = value
+    return res
+
+
 def common_start(args) -> None:
     p, _, _, test, _ = _setup(args.dataset, args.seed, args.data)
     released = _load(args.dir, args.dataset, args.seed, "released")
@@ -179,6 +195,16 @@ def common_start(args) -> None:
                 else:
                     refiner.set_mask(fed)
                     mask = refiner.step().mask
+                    if args.flood:
+                        flooded = _flood(mask, refiner.history[-1].probabilities, region, truth, args.flood)
+                        box = refiner.history[-1].focus
+                        if box is not None:  # as the step itself: only inside the focus box
+                            inside = np.zeros(mask.shape, bool)
+                            inside[box] = True
+                            flooded = np.where(inside, flooded, mask)
+                        mask = flooded
+                        mask = np.where(refiner.edit_mask, refiner.painted_values, mask)
+                        refiner._next_mask = mask  # probe only: the flooded mask is the next feedback
                     if args.monotone:
                         mask = _monotone(fed, mask, truth[region])
                 curve.append(dice(mask))
@@ -262,6 +288,8 @@ def main() -> None:
         if name == "common":
             sp.add_argument("--monotone", action="store_true",
                             help="a step only moves pixels the way the new paint went (grow after foreground paint)")
+            sp.add_argument("--flood", type=float, default=0.0,
+                            help="after a step, the new paint's value spreads to connected pixels within this of p=0.5")
     for name, func in (("fill", fill), ("drop", drop)):
         sp = sub.add_parser(name)
         sp.add_argument("seed", type=int)
