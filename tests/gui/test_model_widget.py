@@ -91,6 +91,40 @@ def test_docked_widgets_keep_layer_choices_through_layer_events(make_napari_view
     assert get_state(viewer).image_layer_names == ["dsb2018_nuclei"]
 
 
+def test_a_chosen_second_layer_survives_layer_events_and_the_plugins_own_results(make_napari_viewer, qtbot):
+    """A new user chose the second image and ground truth, then added a layer (or pressed
+    Predict, which adds its own): both pickers went back to the first layers and Step quietly
+    refined the other image. magicgui's reset_choices had emptied them before the refresh."""
+    from napari_segattn.widgets.demo import launch_demo
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    viewer, docked = launch_demo(sample="dsb2018_nuclei", load_model=True, block=False, viewer=viewer)
+    model_w, refine_w = docked["Model"], docked["Predict and refine"]
+    state = get_state(viewer)
+    image = viewer.layers["dsb2018_nuclei"].data
+    viewer.add_image(image[::-1].copy(), name="second image")
+    viewer.add_labels(np.zeros(image.shape, np.uint8), name="second gt")
+    viewer.add_labels(np.zeros(image.shape, np.int32), name="my start")
+    model_w.image_select.value = ["second image"]
+    model_w.gt_combo.value = "second gt"
+    refine_w.init.value = "layer: my start"
+    points = viewer.add_points(np.array([[10.0, 10.0]]), name="some points")
+    viewer.layers.remove(points)
+    assert model_w.image_select.value == ["second image"] and model_w.gt_combo.value == "second gt"
+    assert state.image_layer_names == ["second image"] and state.gt_layer_name == "second gt"
+    assert refine_w.init.value == "layer: my start"
+    model_w.image_select.value = ["dsb2018_nuclei", "second image"]  # a two-layer choice stays two layers
+    viewer.add_points(np.array([[1.0, 1.0]]), name="more points")
+    assert state.image_layer_names == ["dsb2018_nuclei", "second image"]
+    model_w.image_select.value = ["second image"]
+    refine_w.predict_button.clicked.emit()  # adds the plugin's own result layers
+    qtbot.waitUntil(lambda: not state.busy, timeout=120_000)
+    assert "prediction" in viewer.layers
+    assert model_w.image_select.value == ["second image"] and state.image_layer_names == ["second image"]
+    assert state.gt_layer_name == "second gt"
+
+
 def test_plugin_settings_set_widget_defaults(make_napari_viewer):
     from napari.settings import get_plugin_settings
 
