@@ -109,11 +109,12 @@ def test_a_chosen_second_layer_survives_layer_events_and_the_plugins_own_results
     model_w.image_select.value = ["second image"]
     model_w.gt_combo.value = "second gt"
     refine_w.init.value = "layer: my start"
+    model_w.device.value = "cpu"
     points = viewer.add_points(np.array([[10.0, 10.0]]), name="some points")
     viewer.layers.remove(points)
     assert model_w.image_select.value == ["second image"] and model_w.gt_combo.value == "second gt"
     assert state.image_layer_names == ["second image"] and state.gt_layer_name == "second gt"
-    assert refine_w.init.value == "layer: my start"
+    assert refine_w.init.value == "layer: my start" and model_w.device.value == "cpu"
     model_w.image_select.value = ["dsb2018_nuclei", "second image"]  # a two-layer choice stays two layers
     viewer.add_points(np.array([[1.0, 1.0]]), name="more points")
     assert state.image_layer_names == ["dsb2018_nuclei", "second image"]

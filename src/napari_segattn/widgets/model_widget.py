@@ -5,7 +5,6 @@ the registry and the devices are discovered in a worker, models are built and lo
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack, contextmanager
 
 import napari
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, Select, SpinBox, TextEdit
@@ -32,35 +31,21 @@ class LayerChoices:
     def _names(self, kind: str) -> list[str]:
         return [l.name for l in self.viewer.layers if layer_kind(l) == kind and not l.metadata.get("segattn")]
 
-    def refresh(self, *_, keep: tuple | None = None):
-        """Offer the viewer's layers, keeping the user's choice where its layers still exist
-        (``keep``: the ``(images, labels)`` values to keep instead of the pickers' current ones)."""
-        want_images, want_labels = keep if keep is not None else (self.images.value, self.labels and self.labels.value)
+    def refresh(self, *_):
+        """Offer the viewer's layers, keeping the user's choice where its layers still exist."""
         imgs = self._names("image")
-        current = [v for v in (want_images or []) if v in imgs] if isinstance(self.images, Select) else None
+        current = [v for v in (self.images.value or []) if v in imgs] if isinstance(self.images, Select) else None
         self.images.choices = imgs
         if isinstance(self.images, Select):
             self.images.value = current or imgs[:1]
         if self.labels is not None:
+            keep = self.labels.value
             self.labels.choices = ["(none)"] + self._names("labels")
             # keep a real choice; otherwise offer the first labels layer (users rarely want none)
-            if want_labels in self.labels.choices and want_labels != "(none)":
-                self.labels.value = want_labels
+            if keep in self.labels.choices and keep != "(none)":
+                self.labels.value = keep
             elif len(self.labels.choices) > 1:
                 self.labels.value = self.labels.choices[1]
-
-    @contextmanager
-    def kept(self):
-        """Keep the user's choice through magicgui's ``reset_choices``, which puts back the
-        (empty) choices the pickers were built with and so forgets their values; the pickers'
-        ``changed`` signals stay quiet meanwhile, so nobody acts on the transient empty value."""
-        keep = (self.images.value, self.labels.value if self.labels is not None else None)
-        signals = [self.images.changed] + ([self.labels.changed] if self.labels is not None else [])
-        with ExitStack() as stack:
-            for sig in signals:
-                stack.enter_context(sig.blocked())
-            yield
-            self.refresh(keep=keep)
 
     def image_layers(self):
         names = self.images.value if isinstance(self.images, Select) else [self.images.value]
@@ -250,10 +235,11 @@ class ModelWidget(Container):
         self.state.set_inputs([l.name for l in self.layers.image_layers()], gt.name if gt is not None else None)
 
     def reset_choices(self, *_):
-        """napari calls this on every layer event once docked; magicgui's default would put
-        back the (empty) choices the pickers were created with, so refresh from the viewer."""
-        with self.layers.kept():
-            super().reset_choices()
+        """napari calls this on every layer event once docked. magicgui's default would put back
+        the choices each picker was built with (empty here: every picker is filled by hand) and
+        so forget what the user chose, in the layer pickers, the model list and the device; so it
+        is not called, and the layer pickers are refreshed from the viewer instead."""
+        self.layers.refresh()
         self._publish_inputs()
 
     # -- actions -------------------------------------------------------------------------

@@ -175,20 +175,17 @@ class PredictRefineWidget(Container):
         self.reset_button.tooltip = "Reset (Alt-X)"
 
     # -- helpers ---------------------------------------------------------------------------
-    def _refresh_inits(self, *_, keep: str | None = None):
-        keep = self.init.value if keep is None else keep
+    def _refresh_inits(self, *_):
+        keep = self.init.value
         labels = [l.name for l in self.viewer.layers if layer_kind(l) == "labels" and not l.metadata.get("segattn")]
         self.init.choices = INIT_CHOICES + [f"layer: {n}" for n in labels]
         if keep in self.init.choices:
             self.init.value = keep
 
     def reset_choices(self, *_):
-        """Called by napari on layer events once docked (see ModelWidget.reset_choices): magicgui
-        puts back the construction-time choices, so the initial-mask choice is kept by hand."""
-        keep = self.init.value
-        with self.init.changed.blocked():
-            super().reset_choices()
-        self._refresh_inits(keep=keep)
+        """Called by napari on layer events once docked. Not magicgui's default, which puts back
+        the construction-time choices and so forgets the user's (see ModelWidget.reset_choices)."""
+        self._refresh_inits()
 
     def _model_changed(self, loaded):
         takes_mask = bool(loaded and loaded.takes_mask)
