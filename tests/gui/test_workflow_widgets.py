@@ -467,3 +467,45 @@ def test_volume_scope_predicts_every_slice_and_slice_scope_only_the_shown_one(ma
     _wait_idle(qtbot, state)
     full = predict(state.loaded.model, vol, slice_axis=0, device="cpu").labels
     np.testing.assert_array_equal(viewer.layers["prediction"].data.astype(bool), full)
+
+
+def test_slice_refinement_and_attention_of_a_volume_stay_at_the_slice(make_napari_viewer, qtbot):
+    """Found by a new user on the MNI sample: refining the current slice of a volume put the
+    (iterations, H, W) stack on the volume's z axis, the view jumped to slice 0 and the next Step
+    said the slice had changed and started over; attention maps of a slice sat at slice 0 too.
+    Now the stacks keep the slice's depth as a singleton axis and get a slider of their own."""
+    from napari_segattn.widgets import InspectWidget
+
+    vol = np.stack([_blobs(seed=s)[0] for s in range(5)])
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, vol, name="stack")
+    viewer.layers["stack"].scale = (2.0, 0.5, 0.5)
+    viewer.layers["stack"].translate = (10.0, 0.0, 0.0)
+    viewer.dims.set_point(0, 10.0 + 2 * 3)  # world z 16 -> data slice 3
+    image = viewer.layers["stack"]
+    for _ in range(2):
+        rw.step_button.clicked.emit()
+        _wait_idle(qtbot, state)
+    assert len(state.refiner.history) == 2, rw.status.value  # the second Step continued, no restart
+    assert "slice changed" not in rw.status.value
+    assert image.world_to_data(viewer.dims.point)[0] == 3  # the view stayed on the refined slice
+    stack = viewer.layers["refinement (0 = initial mask)"]
+    assert stack.data.shape == (3, 1, 64, 64)
+    assert tuple(stack.scale[1:]) == (2.0, 0.5, 0.5) and stack.translate[1] == 16.0
+    np.testing.assert_array_equal(stack.data[2, 0], state.refiner.current_mask)
+    feedback = viewer.layers["feedback mask (paint, then Step)"]
+    assert feedback.data.shape == (1, 64, 64) and feedback.translate[0] == 16.0
+    # a correction painted on the feedback layer is read back from the slice and fed back
+    painted = feedback.data.copy()
+    painted[0, :6, :6] = 1 - painted[0, :6, :6]
+    feedback.data = painted
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    last = state.refiner.history[-1]
+    assert last.edit is not None and last.edit.sum() == 36 and len(state.refiner.history) == 3
+    # attention maps of the same slice: stage axis in front, the slice at its depth
+    iw = InspectWidget(viewer)
+    iw.attention_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    att = viewer.layers["attention maps (axis 0 = stage)"]
+    assert att.data.shape[1:] == (1, 64, 64) and att.translate[1] == 16.0
+    assert image.world_to_data(viewer.dims.point)[0] == 3

@@ -14,7 +14,8 @@ from napari.utils.notifications import show_error
 
 from .inputs import InputError, gather_input, scope_of, scope_picker
 from .docking import dock_as_tab
-from .layers import ERROR_LEGEND, label_stack_axis, place_slice, prepare_layers, upsert_layer, wrapped_label
+from .layers import (ERROR_LEGEND, label_stack_axis, on_its_slice, place_slice, prepare_layers, slice_result_geometry,
+                     upsert_layer, wrapped_label)
 from .settings import plugin_defaults
 from .state import get_state
 from .workers import JobProgress, relay_steps, run_in_worker
@@ -299,11 +300,9 @@ class InspectWidget(Container):
                 arr = np.stack([np.stack([a.map for a in s]) for s in per_slice], axis=1)  # (S, Z, H, W)
             else:
                 arr = np.stack([a.map for a in per_slice[0]])  # (S, H, W)
-            n = 3 if inp.is_volume else 2
-            upsert_layer(self.viewer, "image", arr.astype(np.float32), "attention maps (axis 0 = stage)",
-                         colormap="viridis", blending="translucent", opacity=0.45,
-                         scale=[1.0] + list(inp.scale[-n:]), translate=[0.0] + list(inp.translate[-n:]),
-                         metadata={"stages": names})
+            upsert_layer(self.viewer, "image", on_its_slice(inp, arr.astype(np.float32), 1),
+                         "attention maps (axis 0 = stage)", colormap="viridis", blending="translucent", opacity=0.45,
+                         metadata={"stages": names}, **slice_result_geometry(inp, leading=1))
             label_stack_axis(self.viewer)
             self.status.value = f"{len(names)} attention map(s): " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
             self.last_attention = names

@@ -198,6 +198,31 @@ def label_stack_axis(viewer) -> None:
         viewer.dims.axis_labels = (caption, *viewer.dims.axis_labels[1:])
 
 
+def slice_result_geometry(inp, leading: int = 0) -> dict:
+    """scale/translate that show a result of the input's spatial shape over it, with ``leading``
+    new axes in front (iterations, stages). A slice taken from a volume keeps its depth as a
+    singleton axis at that slice (data from :func:`on_its_slice`): the stack's own axis then gets
+    a slider of its own instead of landing on the volume's z axis at slice 0."""
+    n = 3 if inp.is_volume or inp.slice_index is not None else 2
+    scale, translate = list(inp.scale[-n:]), list(inp.translate[-n:])
+    if inp.slice_index is not None:
+        translate[0] += inp.slice_index * scale[0]
+    return {"scale": [1.0] * leading + scale, "translate": [0.0] * leading + translate}
+
+
+def on_its_slice(inp, arr: np.ndarray, leading: int = 0) -> np.ndarray:
+    """``arr`` (``leading`` axes, then the input's spatial ones) with the singleton depth axis
+    :func:`slice_result_geometry` expects for a slice of a volume; unchanged otherwise."""
+    return np.expand_dims(arr, leading) if inp.slice_index is not None else arr
+
+
+def off_its_slice(inp, arr: np.ndarray) -> np.ndarray:
+    """The 2D data of a layer drawn with :func:`on_its_slice` (what a user painted on it)."""
+    if inp.slice_index is not None and arr.ndim == 3 and arr.shape[0] == 1:
+        return arr[0]
+    return arr
+
+
 def place_slice(full_shape: tuple[int, ...], index: int | None, slice_data: np.ndarray, existing: np.ndarray | None = None) -> np.ndarray:
     """Put a 2D result into a volume-shaped array (keeping other slices of ``existing``)."""
     if index is None:

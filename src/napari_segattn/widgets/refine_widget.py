@@ -13,8 +13,8 @@ from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, attach_ground_truth, gather_input, scope_of, scope_picker
 from .docking import dock_as_tab
-from .layers import (TurnQueue, label_colormap, label_stack_axis, layer_kind, place_slice, prepare_layers, upsert_layer,
-                     wrapped_label)
+from .layers import (TurnQueue, label_colormap, label_stack_axis, layer_kind, off_its_slice, on_its_slice, place_slice,
+                     prepare_layers, slice_result_geometry, upsert_layer, wrapped_label)
 from .plot import LivePlot
 from . import temp_stores
 from .state import get_state
@@ -285,6 +285,8 @@ class PredictRefineWidget(Container):
         """(mask, layer geometry, slice input) of the mask drawn last, or None."""
         ref, ctx = self.state.refiner, self._context
         if self._shown == "refinement" and ref is not None and ctx is not None:
+            if ctx.slice_index is not None:  # a slice of a volume: placed into the volume, as Predict's
+                return ref.current_mask, {"scale": ctx.scale, "translate": ctx.translate}, ctx
             return ref.current_mask, self._spatial_geometry(ctx), None
         pred, inp = self.last_prediction, self._pred_input
         if self._shown == "prediction" and hasattr(pred, "binary") and inp is not None:
@@ -577,7 +579,7 @@ class PredictRefineWidget(Container):
             # A correction painted on the feedback layer since the last step becomes the next feedback.
             name = self._feedback_layer_name()
             if name in self.viewer.layers:
-                painted = np.asarray(self.viewer.layers[name].data) > 0
+                painted = off_its_slice(inp, np.asarray(self.viewer.layers[name].data)) > 0
                 if painted.shape == plan.current_mask.shape and not np.array_equal(painted, plan.current_mask):
                     plan.set_mask(painted)
                     self._show_painted()
@@ -599,6 +601,7 @@ class PredictRefineWidget(Container):
     def _refinement_layer_specs(self, inp) -> list:
         """The layers ``_show_history`` draws (the probability stack only when shown)."""
         mask_shape = (inp.image.shape[0], *inp.spatial) if inp.is_volume else inp.spatial
+        mask_shape = on_its_slice(inp, np.empty(mask_shape, bool)).shape
         shown = self._refinement_displays(inp)
         specs = [("labels", REFINEMENT_LAYER, (1, *mask_shape), np.uint8, shown["stack"]),
                  ("labels", self._feedback_layer_name(), mask_shape, np.uint8, shown["feedback"])]
@@ -607,13 +610,14 @@ class PredictRefineWidget(Container):
         return specs
 
     def _refinement_displays(self, inp) -> dict:
-        """Display settings of the refinement stack, its probabilities and the feedback layer."""
-        stack_geom = self._spatial_geometry(inp, leading=1)
+        """Display settings of the refinement stack, its probabilities and the feedback layer
+        (their data through ``on_its_slice``: a slice of a volume stays at its depth)."""
+        stack_geom = slice_result_geometry(inp, leading=1)
         return {"stack": {**REFINEMENT_DISPLAY, "colormap": label_colormap(REFINEMENT_COLORS),
                           "metadata": {"iteration_axis": 0}, **stack_geom},
                 "probability": {**PROBABILITY_DISPLAY, **stack_geom},
                 "feedback": {**FEEDBACK_DISPLAY, "colormap": label_colormap(FEEDBACK_COLORS),
-                             **self._spatial_geometry(inp)}}
+                             **slice_result_geometry(inp)}}
 
     def reset(self, *_):
         """Forget the refinement: the next Step starts from the initial mask of the inputs chosen then."""
@@ -633,8 +637,8 @@ class PredictRefineWidget(Container):
             return
         edit = refiner.edit_mask
         shown = np.where(edit, np.where(refiner.painted_values, 1, 2), 0).astype(np.uint8)
-        layer = upsert_layer(self.viewer, "labels", shown, PAINTED_LAYER, opacity=0.8,
-                             colormap=label_colormap(PAINTED_COLORS), **self._spatial_geometry(inp))
+        layer = upsert_layer(self.viewer, "labels", on_its_slice(inp, shown), PAINTED_LAYER, opacity=0.8,
+                             colormap=label_colormap(PAINTED_COLORS), **slice_result_geometry(inp))
         layer.visible = bool(self.keep_painted.value)
         layer.editable = False
 
@@ -658,14 +662,14 @@ class PredictRefineWidget(Container):
         if refiner is None:
             return
         stack = np.stack([refiner.initial_mask] + [r.mask for r in refiner.history]).astype(np.uint8)
-        upsert_layer(self.viewer, "labels", stack, REFINEMENT_LAYER, **self._refinement_displays(inp)["stack"])
+        upsert_layer(self.viewer, "labels", on_its_slice(inp, stack, 1), REFINEMENT_LAYER, **self._refinement_displays(inp)["stack"])
 
     def _show_stack_probabilities(self):
         refiner, inp = self._history_context()
         if refiner is None or not self.show_probs.value or not refiner.history:
             return
         probs = np.stack([np.zeros_like(refiner.history[0].probabilities)] + [r.probabilities for r in refiner.history])
-        upsert_layer(self.viewer, "image", probs, "refinement probability",
+        upsert_layer(self.viewer, "image", on_its_slice(inp, probs, 1), "refinement probability",
                      **self._refinement_displays(inp)["probability"])
 
     def _show_newest_iteration(self):
@@ -683,7 +687,8 @@ class PredictRefineWidget(Container):
         refiner, inp = self._history_context()
         if refiner is None:
             return
-        upsert_layer(self.viewer, "labels", refiner.current_mask.astype(np.uint8), self._feedback_layer_name(),
+        upsert_layer(self.viewer, "labels", on_its_slice(inp, refiner.current_mask.astype(np.uint8)),
+                     self._feedback_layer_name(),
                      **self._refinement_displays(inp)["feedback"])
         self._show_painted()
 
