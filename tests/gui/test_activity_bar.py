@@ -86,3 +86,30 @@ def test_updates_are_throttled(make_napari_viewer, qtbot, monkeypatch):
     # shown at the first yields, then not updated again within UPDATE_EVERY_S: it never
     # followed the job's 30 steps (napari's own bar is set at every yield)
     assert values and max(values) <= 3, values
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_on_finish_runs_once_per_job_whether_it_returns_or_fails(qtbot, fails):
+    """After an error the handler calls on_finish and superqt may emit ``finished`` too: a
+    second on_finish marked the user's next job idle (a Step after a failed Predict was reported
+    finished before it ran)."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_segattn.widgets.workers import run_in_worker
+
+    calls, errors = [], []
+
+    def job():
+        yield Ev(1, 1)
+        if fails:
+            raise ValueError("broken input")
+        return "done"
+
+    worker = run_in_worker(job, on_finish=lambda: calls.append(1), on_error=errors.append, desc="test job")
+    qtbot.waitUntil(lambda: not worker.is_running and bool(calls), timeout=10_000)
+    end = time.time() + 0.5  # let any late signal arrive
+    while time.time() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+    assert calls == [1]
+    assert [type(e) for e in errors] == ([ValueError] if fails else [])

@@ -509,3 +509,27 @@ def test_slice_refinement_and_attention_of_a_volume_stay_at_the_slice(make_napar
     att = viewer.layers["attention maps (axis 0 = stage)"]
     assert att.data.shape[1:] == (1, 64, 64) and att.translate[1] == 16.0
     assert image.world_to_data(viewer.dims.point)[0] == 3
+
+
+def test_status_line_says_when_a_job_failed_or_was_cancelled(make_napari_viewer, qtbot):
+    """A new user saw 'predicting...' stay on the status line after a failed Predict and
+    'predicting: 16/94 slices, ETA 8 s' after Cancel; a cancelled Run said 'nothing was added'
+    while its finished iterations were kept and shown."""
+    img, _ = _blobs()
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, img)
+    viewer.add_image(np.clip(np.stack([img] * 3, axis=-1), 0, 255).astype(np.uint8), name="three channels", rgb=True)
+    mw.image_select.value = ["three channels"]
+    rw.predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert rw.status.value.startswith("error: predict failed: ChannelMismatchError"), rw.status.value
+    mw.image_select.value = ["cells"]
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert state.refiner is not None and len(state.refiner.history) == 1, rw.status.value
+    rw.run_button.clicked.emit()
+    rw.cancel_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    done = len(state.refiner.history)
+    assert done < 1 + rw.max_iters.value
+    assert rw.status.value.startswith(f"FANet refinement cancelled; the {done} iteration(s) done are kept")
+    assert viewer.layers["refinement (0 = initial mask)"].data.shape[0] == done + 1

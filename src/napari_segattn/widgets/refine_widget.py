@@ -18,11 +18,12 @@ from .layers import (TurnQueue, label_colormap, label_stack_axis, layer_kind, of
 from .plot import LivePlot
 from . import temp_stores
 from .state import get_state
-from .workers import ProgressLine, run_in_worker
+from .workers import ProgressLine, explain_exception, run_in_worker
 
 __all__ = ["PredictRefineWidget"]
 
 INIT_CHOICES = ["otsu", "empty", "full"]
+REFINE_DESC = "FANet refinement"
 
 #: what a refinement session was started from; a change of any of these starts a fresh one
 SESSION_PARTS = ("image layer(s)", "image data", "slice", "scope", "model", "device", "ground truth", "initial mask")
@@ -458,19 +459,34 @@ class PredictRefineWidget(Container):
 
     def _start(self, func, *args, on_return=None, desc="working", total=0, on_yield=None, layers=(), **kwargs):
         """Run ``func`` in a worker; ``layers``: specs of the result layers to create meanwhile
-        (``layers.prepare_layers``), dropped again if the job ends without filling them."""
+        (``layers.prepare_layers``), dropped again if the job ends without filling them. After an
+        error or a cancel the status line says so (it would otherwise keep 'predicting: 16/94')."""
         discard = prepare_layers(self.viewer, layers)
+        failure: list[BaseException] = []
 
         def finish():  # after the job's queued updates (TurnQueue), so idle means all is shown
             def end():
                 discard()
                 self.state.busy = False
                 self._worker = None
+                if failure:
+                    self.status.value = self._ended_note(desc, failure[0], kwargs.get("cancel_note"))
             self._turns.add(end)
 
         self._worker = run_in_worker(func, *args, on_yield=on_yield, on_return=on_return, on_finish=finish,
-                                     desc=desc, total=total, **kwargs)
+                                     on_error=failure.append, desc=desc, total=total, **kwargs)
         return self._worker
+
+    def _ended_note(self, desc: str, exc: BaseException, cancel_note: str | None) -> str:
+        from ..inference import Cancelled
+
+        if not isinstance(exc, Cancelled):
+            return f"error: {desc} failed: {explain_exception(exc)}"
+        refiner = self.state.refiner
+        if desc == REFINE_DESC and refiner is not None and refiner.history:
+            return (f"{desc} cancelled; the {len(refiner.history)} iteration(s) done are kept (Step or Run "
+                    f"continues from iteration {len(refiner.history)})")
+        return f"{desc} cancelled; {cancel_note or 'nothing was added'}"
 
     def _draw_prediction(self, inp, pred):
         name = "prediction"
@@ -595,7 +611,7 @@ class PredictRefineWidget(Container):
                 self._show_history(defer=True)
 
         return self._start(_refine_job, plan, max_iters, tol, self._cancel.is_set, on_yield=on_yield,
-                           desc="FANet refinement", total=max_iters + (0 if isinstance(plan, FANetRefiner) else 1),
+                           desc=REFINE_DESC, cancel_note="the iterations done are kept", total=max_iters + (0 if isinstance(plan, FANetRefiner) else 1),
                            layers=self._refinement_layer_specs(inp))
 
     def _refinement_layer_specs(self, inp) -> list:

@@ -76,6 +76,19 @@ def _guard(gen_func):
     return guarded
 
 
+def _once(func: Callable[[], None]) -> Callable[[], None]:
+    """``func`` that runs on its first call only. After an error superqt may still emit
+    ``finished`` after ``errored`` (which calls on_finish itself, as ``finished`` is not always
+    emitted): a second on_finish marked the user's *next* job idle and overwrote its status."""
+    done = []
+
+    def wrapped(*_):
+        if not done:
+            done.append(True)
+            func()
+    return wrapped
+
+
 def run_in_worker(
     gen_func: Callable[..., Iterator[Any]],
     *args,
@@ -85,15 +98,21 @@ def run_in_worker(
     on_finish: Callable[[], None] | None = None,
     desc: str = "working",
     total: int = 0,
+    cancel_note: str = "nothing was added",
     **kwargs,
 ):
-    """Start ``gen_func(*args, **kwargs)`` in a thread; napari's progress bar via ``ActivityBar``."""
+    """Start ``gen_func(*args, **kwargs)`` in a thread; napari's progress bar via ``ActivityBar``.
+    ``cancel_note``: what the notification says is left after a cancel. ``on_finish`` runs once
+    per job, whether it returned, failed or was cancelled."""
+    if on_finish is not None:
+        on_finish = _once(on_finish)
+
     def _errored(exc: BaseException) -> None:
         from ..inference import Cancelled
 
         exc = getattr(exc, "original", exc)
         if isinstance(exc, Cancelled):  # the user asked for it: news, not a failure
-            show_info(f"{desc} cancelled; nothing was added")
+            show_info(f"{desc} cancelled; {cancel_note}")
         else:
             show_error(f"{desc} failed: {explain_exception(exc)}")
         if on_error is not None:
