@@ -355,6 +355,33 @@ def test_training_keeps_the_viewer_responsive_and_can_be_saved(setup, qtbot, tmp
     assert tw.save(path=str(saved)) is None  # never overwrites
 
 
+def test_training_twice_keeps_the_first_run_and_the_model_widget_says_what_is_loaded(setup, qtbot, tmp_path):
+    """A new user trained twice with the default run folder: the second run replaced the first
+    run's model without a word (Save refuses to overwrite), and the Model widget still called the
+    fine-tuned weights by the checkpoint they were loaded from."""
+    import hashlib
+
+    viewer, widgets, state, img, gt = setup
+    _build(widgets, "unet", in_channels=1)
+    mw, tw = widgets["ModelWidget"], widgets["TrainWidget"]
+    tw.epochs.value, tw.batch_size.value, tw.tile.value = 1, 2, 32
+    tw.out_dir.value = str(tmp_path / "run")
+    tw.train_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    first = tmp_path / "run" / "model.safetensors"
+    digest = hashlib.md5(first.read_bytes()).hexdigest()
+    assert "trained here from scratch: 1 epoch(s)" in mw.loaded_line.value, mw.loaded_line.value
+    tw.epochs.value = 2
+    tw.train_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert hashlib.md5(first.read_bytes()).hexdigest() == digest  # the first run is untouched
+    assert tw.out_dir.value == tmp_path / "run-2" or str(tw.out_dir.value) == str(tmp_path / "run-2")
+    assert (tmp_path / "run-2" / "model.safetensors").exists()
+    assert f"into {tmp_path / 'run-2'}" in mw.loaded_line.value and "2 epoch(s)" in mw.loaded_line.value
+    assert "trained: recipe" in mw.info.value and "epoch 2" in mw.info.value
+    assert tw.batch_size.value == 2  # the user's settings survive their own runs
+
+
 def test_cancel_stops_training(setup, qtbot, tmp_path):
     viewer, widgets, state, img, gt = setup
     _build(widgets, "unet", in_channels=1)

@@ -4,6 +4,7 @@ cancel, and save. Settings default to the model's paper recipe; any field can be
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import napari
@@ -37,6 +38,19 @@ def _leave_a_core_for_the_viewer(run):
         return (yield from run())
     finally:
         torch.set_num_threads(before)
+
+
+def fresh_run_dir(path: Path) -> Path:
+    """``path`` if it is new or empty, else the first free ``path-2``, ``path-3``, ...: a second
+    run into the default folder would replace the first run's model and checkpoints."""
+    def free(p: Path) -> bool:
+        return not p.exists() or (p.is_dir() and not any(p.iterdir()))
+
+    stem = re.sub(r"-\d+$", "", path.name)  # after run-2 comes run-3, not run-2-2
+    candidate, k = path, 2
+    while not free(candidate):
+        candidate, k = path.with_name(f"{stem}-{k}"), k + 1
+    return candidate
 
 
 class TrainWidget(Container):
@@ -167,6 +181,10 @@ class TrainWidget(Container):
             show_error(f"cannot train: {exc}")
             self.status.value = f"error: {exc}"
             return None
+        run_dir = fresh_run_dir(Path(str(self.out_dir.value)))
+        if str(run_dir) != str(self.out_dir.value):
+            show_info(f"{self.out_dir.value} holds an earlier run; this one goes to {run_dir} (nothing is overwritten)")
+            self.out_dir.value = str(run_dir)
         self.train_events = []
         self.trainer = None
         self._cancel_requested = False
@@ -174,12 +192,12 @@ class TrainWidget(Container):
         self._step_count = 0
         self.state.busy = True
         self.status.value = "preparing data..."
-        self.worker = run_in_worker(self._train_job, inp, config, on_yield=self._on_event,
+        self.worker = run_in_worker(self._train_job, inp, config, run_dir, on_yield=self._on_event,
                                     desc=f"training {self.state.loaded.name}", total=0, on_finish=self._finished,
                                     on_error=lambda exc: setattr(self.status, "value", f"error: {exc}"))
         return self.worker
 
-    def _train_job(self, inp, config):
+    def _train_job(self, inp, config, run_dir: Path):
         """Runs in the worker thread: data set building is slow enough to stall the viewer."""
         from ..training import Trainer
 
@@ -188,7 +206,7 @@ class TrainWidget(Container):
         yield from ()  # a generator even if cancelled before the trainer exists
         loaded = self.state.loaded
         self.trainer = Trainer(loaded.model, train_ds, val_ds, config, device=self.state.device,
-                               out_dir=Path(str(self.out_dir.value)), normalization=norm.to_dict(),
+                               out_dir=run_dir, normalization=norm.to_dict(),
                                class_names=loaded.class_names)
         if self._cancel_requested:
             self.trainer.cancel()
@@ -208,7 +226,8 @@ class TrainWidget(Container):
             if isinstance(dice, (int, float)):
                 self.plot.add_point("val dice", self._step_count, float(dice))
         elif isinstance(ev, Finished):
-            self.status.value = f"finished: best epoch {ev.best_epoch}, model at {ev.model_path}"
+            best = "none" if ev.best_epoch is None else ev.best_epoch + 1  # 1-based, as the log prints it
+            self.status.value = f"finished: best epoch {best}, model at {ev.model_path}"
             if ev.model_path:
                 remember_model(ev.model_path)  # offered in the Model widget's list
             show_info(self.status.value)
@@ -218,9 +237,31 @@ class TrainWidget(Container):
     def _finished(self):
         self.state.busy = False
         if self.trainer is not None:
-            self.state.loaded.model.eval()
-            self.state.loaded.normalization = self.trainer.normalization
-            self.state.model_changed.emit(self.state.loaded)  # the model's weights changed
+            loaded = self.state.loaded
+            loaded.model.eval()
+            loaded.normalization = self.trainer.normalization
+            self._describe_trained(loaded)
+            self.state.model_changed.emit(loaded)  # the model's weights changed
+
+    def _describe_trained(self, loaded) -> None:
+        """What the Model widget shows for the weights now in memory (the last epoch's): not
+        "the shipped demo model" or the loaded file's training any more."""
+        from ..training import Cancelled, Checkpoint, Finished
+
+        epochs = sum(1 for ev in self.train_events if isinstance(ev, Checkpoint) and ev.kind == "last")
+        ended = next((ev for ev in reversed(self.train_events) if isinstance(ev, (Finished, Cancelled))), None)
+        start = (loaded.info or {}).get("trained_from") or (
+            "scratch" if loaded.source == "built" else Path(loaded.source).name)
+        text = f"trained here from {start}: {epochs} epoch(s) into {self.trainer.out_dir}"
+        if isinstance(ended, Finished) and ended.model_path:
+            text += f" (best epoch {ended.best_epoch + 1 if ended.best_epoch is not None else '?'} saved as {ended.model_path.name})"
+        elif isinstance(ended, Cancelled):
+            text += " (cancelled)"
+        loaded.source = text
+        loaded.info = {k: v for k, v in (loaded.info or {}).items() if k != "training"}
+        loaded.info["trained_from"] = start
+        if epochs:
+            loaded.info["training"] = {"recipe": self.trainer.config.recipe, "epochs_done": epochs}
 
     def cancel(self, *_):
         self._cancel_requested = True
