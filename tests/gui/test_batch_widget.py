@@ -98,3 +98,31 @@ def test_every_open_image_layer_gets_its_labels_layer_and_file(batch, qtbot):
     assert vol.shape == (2, 32, 40)
     np.testing.assert_array_equal(vol[1], predict(model, imgs[2], device="cpu").labels.astype(np.uint8))
     assert sorted(p.name for p in (tmp / "masks").iterdir()) == ["a.tif", "vol.tif"]
+
+
+def test_open_layers_skip_the_plugins_own_results_and_one_bad_layer_does_not_stop_the_rest(batch, qtbot):
+    """Found by a new user: 'every open image layer' also predicted the plugin's own probability
+    layers, and one RGB layer's channel error threw away the grey layer's finished result."""
+    from napari_segattn.inference import predict
+
+    viewer, w, state, model, imgs, tmp = batch
+    viewer.add_image(np.zeros((16, 16, 3), np.uint8), name="colour", rgb=True)  # the model takes one channel
+    viewer.add_image(imgs[0], name="grey")
+    viewer.add_image(np.ones((32, 40), np.float32), name="probability", metadata={"segattn": True})
+    w.source.value = "every open image layer"
+    w.out.line_edit.value = ""  # show only, no files
+    w.run_button.clicked.emit()
+    _wait(qtbot, state)
+    assert "probability prediction" not in viewer.layers and "colour prediction" not in viewer.layers
+    np.testing.assert_array_equal(viewer.layers["grey prediction"].data,
+                                  predict(model, imgs[0], device="cpu").labels.astype(np.uint8))
+    assert w.status.value.startswith("predicted 1 layer(s); 1 failed: colour ("), w.status.value
+
+
+def test_a_folder_with_many_bad_files_says_how_many_it_left_unlisted(batch, qtbot):
+    viewer, w, state, model, imgs, tmp = batch
+    for k in range(5):
+        (tmp / "imgs" / f"broken{k}.png").write_bytes(b"not a png")
+    w.run_button.clicked.emit()
+    _wait(qtbot, state)
+    assert "5 failed: broken0.png" in w.status.value and w.status.value.endswith("; and 2 more")

@@ -131,7 +131,7 @@ def guess_axes(f: ImageFile, in_channels: int, channel_axis: int | None = None,
             return data, -1, 0
         if data.shape[1] == in_channels:
             return data, 1, 0
-    raise ValueError(f"cannot tell the axes of {f.path.name} (shape {data.shape}); pass --channel-axis/--slice-axis")
+    raise ValueError(f"cannot tell the axes of {f.path.name} (shape {data.shape}); give its axes (segattn: --channel-axis/--slice-axis; napari: open it, then predict the layer)")
 
 
 def write_array(path: str | Path, arr: np.ndarray, like: ImageFile | None = None, *, overwrite: bool = False,

@@ -33,10 +33,13 @@ def _files_job(model, inputs, out_dir, iterations, device, overwrite, cancel):
 
 def _layers_job(model, layers, out_dir, iterations, device, overwrite, cancel):
     """Worker: each image layer predicted alone (a volume as a volume); masks written to
-    ``out_dir`` when given. Yields BatchProgress, returns [(layer name, labels, path or None)]."""
+    ``out_dir`` when given. A layer that fails (``inp`` an exception: it could not even be
+    gathered) is reported and the others go on, as in folder mode. Yields BatchProgress,
+    returns [(layer name, labels or None, path or None, error or None)]."""
     from ..inference import Cancelled
     from ..inference.batch import BatchItem, BatchProgress, predict_labels
     from ..inference.files import write_array
+    from .workers import explain_exception
 
     outs = [None] * len(layers)
     if out_dir is not None:
@@ -50,12 +53,21 @@ def _layers_job(model, layers, out_dir, iterations, device, overwrite, cancel):
     for k, ((name, inp), out) in enumerate(zip(layers, outs), 1):
         if cancel():
             raise Cancelled(f"batch cancelled after {k - 1} of {len(layers)} layers")
-        c, s = (1, 0) if inp.is_volume else (0, None)
-        labels, _ = predict_labels(model, inp.image, channel_axis=c, slice_axis=s, iterations=iterations,
-                                   device=device, cancel=cancel)
-        path = write_array(out, labels.astype(np.uint8), overwrite=overwrite) if out is not None else None
-        results.append((name, labels, path))
-        yield BatchProgress(k, len(layers), BatchItem(Path(name), path, 0.0, float(np.mean(labels > 0))))
+        labels = path = error = None
+        try:
+            if isinstance(inp, Exception):
+                raise inp
+            c, s = (1, 0) if inp.is_volume else (0, None)
+            labels, _ = predict_labels(model, inp.image, channel_axis=c, slice_axis=s, iterations=iterations,
+                                       device=device, cancel=cancel)
+            path = write_array(out, labels.astype(np.uint8), overwrite=overwrite) if out is not None else None
+        except Cancelled:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad layer must not cost the others' results
+            error = explain_exception(exc)
+        results.append((name, labels, path, error))
+        share = 0.0 if labels is None else float(np.mean(labels > 0))
+        yield BatchProgress(k, len(layers), BatchItem(Path(name), path, 0.0, share, error=error))
     return results
 
 
@@ -136,11 +148,17 @@ class BatchWidget(Container):
         return _files_job, args, len(inputs)
 
     def _layer_job(self):
-        layers = [l for l in self.viewer.layers if isinstance(l, napari.layers.Image)]
+        # the user's images, not the plugin's own results (probabilities, saliency, attention maps)
+        layers = [l for l in self.viewer.layers if isinstance(l, napari.layers.Image) and not l.metadata.get("segattn")]
         if not layers:
             raise InputError("there are no image layers open")
-        inputs = [(l.name, gather_input(self.viewer, [l], scope="volume")) for l in layers]
-        self._geometry = {name: (inp.scale, inp.translate) for name, inp in inputs}
+        inputs = []
+        for layer in layers:
+            try:
+                inputs.append((layer.name, gather_input(self.viewer, [layer], scope="volume")))
+            except Exception as exc:  # noqa: BLE001 - reported with the layer's name, the others still run
+                inputs.append((layer.name, exc))
+        self._geometry = {name: (inp.scale, inp.translate) for name, inp in inputs if not isinstance(inp, Exception)}
         loaded = self.state.loaded
         args = (loaded.model, inputs, self._path(self.out), int(self.iterations.value), self.state.device,
                 self.overwrite.value, self._cancel.is_set)
@@ -154,19 +172,21 @@ class BatchWidget(Container):
 
     def _done(self, results):
         if results and isinstance(results[0], tuple):  # open layers: show each mask over its image
-            for name, labels, _ in results:
-                scale, translate = self._geometry[name]
-                upsert_layer(self.viewer, "labels", labels.astype(np.uint8), f"{name} prediction", opacity=0.5,
-                             scale=scale, translate=translate)
-            saved = [p for *_, p in results if p is not None]
-            msg = f"predicted {len(results)} layer(s)" + (f"; masks saved in {Path(saved[0]).parent}" if saved else "")
+            for name, labels, _, error in results:
+                if error is None:
+                    scale, translate = self._geometry[name]
+                    upsert_layer(self.viewer, "labels", labels.astype(np.uint8), f"{name} prediction", opacity=0.5,
+                                 scale=scale, translate=translate)
+            saved = [p for _, _, p, _ in results if p is not None]
+            failed = [(name, error) for name, _, _, error in results if error is not None]
+            msg = f"predicted {len(results) - len(failed)} layer(s)" + (
+                f"; masks saved in {Path(saved[0]).parent}" if saved else "")
         else:
-            failed = [i for i in results if i.error]
-            ok = len(results) - len(failed)
-            out = self._path(self.out)
-            msg = f"wrote {ok} mask(s) to {out}"
-            if failed:
-                msg += f"; {len(failed)} failed: " + "; ".join(f"{i.source.name} ({i.error})" for i in failed[:3])
+            failed = [(i.source.name, i.error) for i in results if i.error]
+            msg = f"wrote {len(results) - len(failed)} mask(s) to {self._path(self.out)}"
+        if failed:
+            msg += f"; {len(failed)} failed: " + "; ".join(f"{name} ({error})" for name, error in failed[:3])
+            msg += f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
         self.status.value = msg
         show_info(msg)
 
