@@ -560,3 +560,32 @@ def test_status_line_says_when_a_job_failed_or_was_cancelled(make_napari_viewer,
     assert done < 1 + rw.max_iters.value
     assert rw.status.value.startswith(f"FANet refinement cancelled; the {done} iteration(s) done are kept")
     assert viewer.layers["refinement (0 = initial mask)"].data.shape[0] == done + 1
+
+
+def test_closing_and_docking_predict_and_refine_again_continues_the_refinement(make_napari_viewer, qtbot):
+    """A new user closed the Predict & refine dock after two Steps and docked it again: the new
+    widget dropped the refinement without a word and the next Step started over from Otsu,
+    while the old stack stayed on screen. The refinement lives in the viewer's state now."""
+    img, _ = _blobs()
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, img)
+    for _ in range(2):
+        rw.step_button.clicked.emit()
+        _wait_idle(qtbot, state)
+    refiner = state.refiner
+    from qtpy.QtWidgets import QDockWidget
+
+    dock = rw.native
+    while not isinstance(dock, QDockWidget):  # the dock around the widget (inside a scroll area)
+        dock = dock.parent()
+    viewer.window.remove_dock_widget(dock)  # as the dock's close button
+    _, rw2 = viewer.window.add_plugin_dock_widget("napari-segattn", "Predict and refine")
+    assert rw2 is not rw and state.refiner is refiner
+    assert rw2.status.value.startswith("2 iteration(s)")
+    rw2.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert state.refiner is refiner and len(refiner.history) == 3
+    assert viewer.layers["refinement (0 = initial mask)"].data.shape[0] == 4
+    # a model change still starts over, in the new widget as in the old
+    mw.build_button.clicked.emit()
+    qtbot.waitUntil(lambda: not state.busy, timeout=60_000)
+    assert state.refiner is None

@@ -127,8 +127,6 @@ class PredictRefineWidget(Container):
         self.plot = LivePlot("Dice per iteration", x_label="iteration", y_label="Dice", y_range=(0.0, 1.0))
         self.native.layout().addWidget(self.plot)
         self._cancel = threading.Event()
-        self._context = None  # ModelInput of the current refinement
-        self._session = None  # SESSION_PARTS -> value for the current refinement
         self._worker = None
         self._pred_input = None  # ModelInput of last_prediction
         self._shown = None  # "prediction" or "refinement": which mask was drawn last
@@ -152,7 +150,10 @@ class PredictRefineWidget(Container):
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_inits)
         self._refresh_inits()
-        self._model_changed(self.state.loaded)
+        self._enable_for(self.state.loaded)
+        if self.state.refiner is not None:  # docked again: the refinement in progress goes on here
+            self._shown = "refinement"
+            self._show_history()
         self._bind_keys()
 
     #: keyboard shortcuts on the viewer (napari's own single letters stay untouched)
@@ -189,12 +190,14 @@ class PredictRefineWidget(Container):
         self._refresh_inits()
 
     def _model_changed(self, loaded):
+        self.state.set_refiner(None)
+        self._enable_for(loaded)
+
+    def _enable_for(self, loaded):
+        """The refinement controls for a FANet only, and the status line's first hint."""
         takes_mask = bool(loaded and loaded.takes_mask)
         for w in (self.init, self.max_iters, self.tol, self.step_button, self.run_button, self.reset_button):
             w.enabled = takes_mask
-        self.state.set_refiner(None)
-        self._context = None
-        self._session = None
         self.status.value = "" if loaded is None else (
             "FANet: choose the initial mask, then Step / Run" if takes_mask else f"{loaded.name}: Predict")
 
@@ -284,7 +287,7 @@ class PredictRefineWidget(Container):
 
     def _shown_mask(self):
         """(mask, layer geometry, slice input) of the mask drawn last, or None."""
-        ref, ctx = self.state.refiner, self._context
+        ref, ctx = self.state.refiner, self.state.refiner_input
         if self._shown == "refinement" and ref is not None and ctx is not None:
             if ctx.slice_index is not None:  # a slice of a volume: placed into the volume, as Predict's
                 return ref.current_mask, {"scale": ctx.scale, "translate": ctx.translate}, ctx
@@ -463,6 +466,12 @@ class PredictRefineWidget(Container):
         error or a cancel the status line says so (it would otherwise keep 'predicting: 16/94')."""
         discard = prepare_layers(self.viewer, layers)
         failure: list[BaseException] = []
+        own_error = kwargs.pop("on_error", None)
+
+        def failed(exc):
+            failure.append(exc)
+            if own_error is not None:
+                own_error(exc)
 
         def finish():  # after the job's queued updates (TurnQueue), so idle means all is shown
             def end():
@@ -474,7 +483,7 @@ class PredictRefineWidget(Container):
             self._turns.add(end)
 
         self._worker = run_in_worker(func, *args, on_yield=on_yield, on_return=on_return, on_finish=finish,
-                                     on_error=failure.append, desc=desc, total=total, **kwargs)
+                                     on_error=failed, desc=desc, total=total, **kwargs)
         return self._worker
 
     def _ended_note(self, desc: str, exc: BaseException, cancel_note: str | None) -> str:
@@ -535,10 +544,10 @@ class PredictRefineWidget(Container):
         inp = self._input()
         session = self._session_of(inp)
         ref = self.state.refiner
-        if ref is not None and self._session == session:
+        if ref is not None and self.state.refiner_session == session:
             return ref, inp, session
-        if ref is not None and self._session is not None:
-            changed = [k for k in SESSION_PARTS if self._session.get(k) != session[k]]
+        if ref is not None and self.state.refiner_session is not None:
+            changed = [k for k in SESSION_PARTS if self.state.refiner_session.get(k) != session[k]]
             msg = f"{', '.join(changed)} changed since the last step: starting a fresh refinement"
             show_info(msg)
             self._restart_note = msg
@@ -557,8 +566,7 @@ class PredictRefineWidget(Container):
         return build, inp, session
 
     def _adopt_refiner(self, refiner, inp, session):
-        self._context, self._session = inp, session
-        self.state.set_refiner(refiner)
+        self.state.set_refiner(refiner, inp, session)
         if "probability" in self.viewer.layers:  # one probability overlay at a time
             self.viewer.layers["probability"].visible = False
         self.plot.clear()
@@ -640,13 +648,12 @@ class PredictRefineWidget(Container):
         if self.state.refiner is not None:
             self.state.refiner.reset()
         self.state.set_refiner(None)
-        self._session = None
         self.plot.clear()
         self.status.value = "reset: the next Step starts a fresh refinement from the initial mask"
 
     def _show_painted(self):
         """The pixels the user painted, on their own layer: cyan = painted foreground, magenta = background."""
-        refiner, inp = self.state.refiner, self._context
+        refiner, inp = self.state.refiner, self.state.refiner_input
         if refiner is None or inp is None or not refiner.edit_mask.any():
             if PAINTED_LAYER in self.viewer.layers and self.viewer.layers[PAINTED_LAYER].metadata.get("segattn"):
                 self.viewer.layers[PAINTED_LAYER].data = np.zeros_like(self.viewer.layers[PAINTED_LAYER].data)
@@ -670,7 +677,7 @@ class PredictRefineWidget(Container):
                 part()
 
     def _history_context(self):
-        refiner, inp = self.state.refiner, self._context
+        refiner, inp = self.state.refiner, self.state.refiner_input
         return (None, None) if refiner is None or inp is None else (refiner, inp)
 
     def _show_stack(self):

@@ -40,6 +40,8 @@ class SegAttnState:
         self.loaded: LoadedModel | None = None
         self.device: str = "auto"
         self.refiner = None
+        self.refiner_input = None  # the ModelInput the refiner was started on
+        self.refiner_session = None  # what must not change under it (refine_widget.SESSION_PARTS)
         self.refiner_layers: dict[str, str] = {}
         self._busy = False
         self.image_layer_names: list[str] = []
@@ -65,8 +67,11 @@ class SegAttnState:
         self.device = device
         self.device_changed.emit(device)
 
-    def set_refiner(self, refiner) -> None:
+    def set_refiner(self, refiner, input=None, session=None) -> None:
+        """The refinement in progress, with the input and session it was started on: kept here,
+        not in a widget, so that closing and re-docking Predict & refine continues it."""
         self.refiner = refiner
+        self.refiner_input, self.refiner_session = (input, session) if refiner is not None else (None, None)
         self.refiner_changed.emit(refiner)
 
     @property
