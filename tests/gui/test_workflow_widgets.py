@@ -435,6 +435,38 @@ def test_compare_two_checkpoints_gives_shift_table(setup, qtbot, tmp_path):
     assert cw.export().exists() and (tmp_path / "shift.json").exists()
 
 
+def test_a_second_compare_replaces_the_first_pairs_maps_and_a_failed_one_clears_its_numbers(setup, qtbot, tmp_path):
+    """Found by a new user: every new pair added its own 'saliency b:...' layers next to one
+    difference layer that matched only the latest pair, and after a failed Compare the previous
+    pair's sentence and table stayed under the error."""
+    from napari_segattn.models import build_model, save_model
+
+    viewer, widgets, state, img, gt = setup
+    paths = []
+    for seed, name in enumerate(("a", "b", "c")):
+        torch.manual_seed(seed)
+        paths.append(save_model(build_model("unet", in_channels=1), tmp_path / f"{name}.safetensors"))
+    torch.manual_seed(3)
+    three = save_model(build_model("unet", in_channels=1, out_channels=3), tmp_path / "three.safetensors")
+    cw = widgets["CompareWidget"]
+    cw.n_steps.value = 4
+    cw.ckpt_a.value, cw.ckpt_b.value = str(paths[0]), str(paths[1])
+    cw.compare_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    first = sorted(l.name for l in viewer.layers if l.name.startswith("saliency"))
+    assert len(first) == 2 and cw.summary.value
+    cw.ckpt_b.value = str(paths[2])
+    cw.compare_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    second = sorted(l.name for l in viewer.layers if l.name.startswith("saliency"))
+    assert len(second) == 2 and second != first and any("c" in n.split(":")[-1] for n in second), second
+    cw.ckpt_b.value = str(three)  # a 3-class model against a binary one: refused
+    cw.compare_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert cw.status.value.startswith("error") and cw.summary.value == "" and cw.result is None
+    assert cw.export() is None  # nothing stale to export
+
+
 def test_keyboard_shortcut_steps_refinement(setup, qtbot):
     viewer, widgets, state, img, gt = setup
     _build(widgets, "fanet", in_channels=1)

@@ -110,6 +110,7 @@ class CompareWidget(Container):
         if self.state.busy:
             show_error("another job is running; wait for it or cancel it")
             return None
+        self._forget_result()  # a failed or new run must not leave the last run's numbers on show
         try:
             if self.state.loaded is None and self.mode.value != "two checkpoints":
                 raise InputError("load a FANet model first")
@@ -156,8 +157,20 @@ class CompareWidget(Container):
                                     on_error=errored, on_finish=lambda: setattr(self.state, "busy", False))
         return self.worker
 
+    def _forget_result(self):
+        """Clear the summary, table and exportable result of the previous run (its layers stay
+        until the next result replaces them)."""
+        self.result = None
+        self.summary.value = ""
+        self.table.value = {"data": [], "index": [], "columns": []}
+
     def _show(self, inp, jobs, maps, shift):
         from ..explain.shift import relative_saliency, symmetric_limits
+
+        names = [f"saliency {label}" for label, _, _ in jobs]
+        for old in (self._view[1] if self._view is not None else []):  # the last pair's maps: replaced,
+            if old not in names and old in self.viewer.layers and self.viewer.layers[old].metadata.get("segattn"):
+                self.viewer.layers.remove(old)  # not piled up beside a difference layer of another pair
 
         geom = {"scale": inp.scale[-2:], "translate": inp.translate[-2:]}
         # both maps as multiples of a uniform map's share, on one contrast range
@@ -170,7 +183,7 @@ class CompareWidget(Container):
         upsert_layer(self.viewer, "image", diff.astype(np.float32), DIFF_LAYER, colormap=shift_colormap(),
                      contrast_limits=symmetric_limits(diff, 99.0), opacity=1.0, blending="translucent",
                      metadata={"units": "x uniform share, b - a"}, **geom)
-        self._view = (np.asarray(inp.image[0]), [f"saliency {label}" for label, _, _ in jobs] + [DIFF_LAYER], geom)
+        self._view = (np.asarray(inp.image[0]), names + [DIFF_LAYER], geom)
         self._side_by_side_changed()
         cols, rows = shift.table()
         self.table.value = {"data": rows, "index": [str(r[0]) for r in rows], "columns": cols}
