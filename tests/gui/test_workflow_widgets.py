@@ -252,6 +252,13 @@ def test_inspect_error_map_matches_independent_count(setup, qtbot):
     cmap = viewer.layers["error map"].colormap
     np.testing.assert_allclose(cmap.map(np.array([1, 2, 3]))[:, :3], [[1, 1, 0], [0, 0, 1], [1, 0, 0]])
     assert f"TP {(em == 1).sum():,}" in iw.counts.value
+    # an empty ground truth has no FN rate: said so, not "nan%"
+    viewer.add_labels(np.zeros_like(gt), name="empty gt")
+    widgets["ModelWidget"].gt_combo.value = "empty gt"
+    iw.error_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert "FN rate – (no foreground in the ground truth)" in iw.counts.value and "nan" not in iw.counts.value
+    assert "against empty gt" in iw.status.value
 
 
 def test_focus_keeps_the_mask_outside_the_box_of_a_painted_correction(setup, qtbot):
@@ -373,7 +380,9 @@ def test_training_twice_keeps_the_first_run_and_the_model_widget_says_what_is_lo
     assert "trained here from scratch: 1 epoch(s)" in mw.loaded_line.value, mw.loaded_line.value
     tw.epochs.value = 2
     tw.train_button.clicked.emit()
+    assert not mw.load_button.enabled and not mw.build_button.enabled  # no new model under a running job
     _wait_idle(qtbot, state)
+    assert mw.load_button.enabled and mw.build_button.enabled
     assert hashlib.md5(first.read_bytes()).hexdigest() == digest  # the first run is untouched
     assert tw.out_dir.value == tmp_path / "run-2" or str(tw.out_dir.value) == str(tmp_path / "run-2")
     assert (tmp_path / "run-2" / "model.safetensors").exists()

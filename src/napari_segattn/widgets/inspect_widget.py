@@ -77,6 +77,11 @@ def _saliency_job(fn, inp, cancel, mode: str):
     return full
 
 
+def _rate(value: float, undefined: str) -> str:
+    """A rate as a percentage, or why it has none (an empty ground truth has no FN rate)."""
+    return f"– ({undefined})" if not np.isfinite(value) else f"{value:.2%}"
+
+
 class InspectWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
@@ -204,7 +209,8 @@ class InspectWidget(Container):
             c, r = em.counts[ci], em.rates[ci]
             self.status.value = f"error map of {self.state.loaded.name} against {self.state.gt_layer_name}"
             self.counts.value = (f"TP {c['TP']:,}  FN {c['FN']:,}  FP {c['FP']:,}  |  "
-                                 f"FN rate {r['fn_rate']:.2%}  FP rate {r['fp_rate']:.2%}")
+                                 f"FN rate {_rate(r['fn_rate'], 'no foreground in the ground truth')}  "
+                                 f"FP rate {_rate(r['fp_rate'], 'no background in the ground truth')}")
 
         error_display = dict(colormap=error_colormap(), opacity=0.7, scale=inp.scale, translate=inp.translate)
         return self._run(one, inp, done, "error map",

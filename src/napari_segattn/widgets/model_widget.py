@@ -203,6 +203,7 @@ class ModelWidget(Container):
         self.device.changed.connect(lambda v: self.state.set_device(v))
         self.state.set_device(self.device.value)
         self.state.model_changed.connect(self._show_model)
+        self.state.busy_changed.connect(self._busy_changed)
         self.image_select.changed.connect(self._publish_inputs)
         self.gt_combo.changed.connect(self._publish_inputs)
 
@@ -229,6 +230,11 @@ class ModelWidget(Container):
         self.device.value = keep_dev if keep_dev in names and keep_dev != "auto" else (
             preferred if preferred in names else "auto")
         self._show_defaults(self.arch.value)
+
+    def _busy_changed(self, busy: bool):
+        """No new model while a job (training, a prediction) runs on the current one."""
+        for w in (self.build_button, self.load_button, self.last_run_button):
+            w.enabled = not busy
 
     def _publish_inputs(self, *_):
         gt = self.layers.gt_layer()
@@ -312,6 +318,7 @@ class ModelWidget(Container):
         """Build/load off the GUI thread (torch import, weights, first allocation)."""
         if self.state.busy:
             show_error("another job is running; wait for it or cancel it")
+            self.status.value = f"not {what}: another job is running"
             return None
         self.state.busy = True
         self.status.value = what + "..."
