@@ -622,6 +622,9 @@ def test_closing_and_docking_predict_and_refine_again_continues_the_refinement(m
     _, rw2 = viewer.window.add_plugin_dock_widget("napari-segattn", "Predict and refine")
     assert rw2 is not rw and state.refiner is refiner
     assert rw2.status.value.startswith("2 iteration(s)")
+    viewer.add_labels(np.zeros(img.shape, np.uint8), name="a mask")  # layer events reach the closed widget too
+    assert "layer: a mask" in rw2.init.choices and state.refiner is refiner
+    assert state.gt_layer_name is None  # an empty new labels layer is a mask to paint, not ground truth
     rw2.step_button.clicked.emit()
     _wait_idle(qtbot, state)
     assert state.refiner is refiner and len(refiner.history) == 3

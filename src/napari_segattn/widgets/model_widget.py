@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import napari
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, LineEdit, PushButton, Select, SpinBox, TextEdit
 from napari.utils.notifications import show_error
 
@@ -17,6 +18,13 @@ from .state import LoadedModel, get_state
 from .workers import run_in_worker
 
 __all__ = ["ModelWidget", "LayerChoices"]
+
+
+def _has_labels(layer) -> bool:
+    """Any labelled pixel (an in-memory array is checked; a lazy one is taken as filled rather
+    than read whole)."""
+    data = layer.data
+    return bool(np.any(data)) if isinstance(data, np.ndarray) else True
 
 
 class LayerChoices:
@@ -41,11 +49,15 @@ class LayerChoices:
         if self.labels is not None:
             keep = self.labels.value
             self.labels.choices = ["(none)"] + self._names("labels")
-            # keep a real choice; otherwise offer the first labels layer (users rarely want none)
+            # keep a real choice; otherwise offer the first labels layer with labels in it (users
+            # rarely want none). An empty one is a layer about to be painted (an initial mask), not
+            # ground truth: choosing it would change the running refinement's session silently.
             if keep in self.labels.choices and keep != "(none)":
                 self.labels.value = keep
-            elif len(self.labels.choices) > 1:
-                self.labels.value = self.labels.choices[1]
+            else:
+                filled = [n for n in self.labels.choices[1:] if _has_labels(self.viewer.layers[n])]
+                if filled:
+                    self.labels.value = filled[0]
 
     def image_layers(self):
         names = self.images.value if isinstance(self.images, Select) else [self.images.value]
