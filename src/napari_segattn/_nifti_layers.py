@@ -58,19 +58,32 @@ def read_nifti_layer(path: str | Path, layer_type: str | None = None) -> tuple:
     return (vol, kwargs, layer_type)
 
 
+def nifti_grid(metadata: dict) -> dict:
+    """The source grid keys of a layer's metadata, to hand on to layers computed from it (a
+    prediction of a NIfTI volume is then saved on that volume's grid too)."""
+    return {k: v for k, v in (metadata or {}).items() if k.startswith("nifti_")}
+
+
 def write_nifti_labels(path: str | Path, data: np.ndarray, meta: dict) -> str:
-    """Write a (z, y, x) labels array as NIfTI on the source grid when the layer came from one."""
+    """Write a (z, y, x) labels array as NIfTI on the source grid when the layer came from one.
+
+    ``meta``: what napari hands a writer, the layer's attributes, with the layer's own metadata
+    under ``"metadata"`` (a bare metadata dict is accepted too). Without a source affine the
+    layer's scale and translate make one."""
     import nibabel as nib
 
     data = np.asarray(data)
     if data.ndim != 3:
         raise ValueError(f"NIfTI labels must be 3D (z, y, x); this layer has shape {data.shape}")
     arr = np.moveaxis(data, (0, 1, 2), (2, 1, 0))
-    affine = meta.get("nifti_affine")
-    header = meta.get("nifti_header")
+    layer_meta = meta.get("metadata") if isinstance(meta.get("metadata"), dict) else meta
+    affine = layer_meta.get("nifti_affine")
+    header = layer_meta.get("nifti_header")
     if affine is None:
-        scale = meta.get("scale") or (1.0, 1.0, 1.0)
-        affine = np.diag([*map(float, scale[::-1]), 1.0])
+        scale = meta.get("scale") if meta.get("scale") is not None else (1.0, 1.0, 1.0)
+        translate = meta.get("translate") if meta.get("translate") is not None else (0.0, 0.0, 0.0)
+        affine = np.diag([*map(float, list(scale)[::-1]), 1.0])
+        affine[:3, 3] = [float(t) for t in list(translate)[::-1]]
     if header is not None and tuple(header.get_data_shape()[:3]) != arr.shape:
         header = None  # a different grid: keep spacing via the affine only
     out_dtype = np.uint8 if arr.max(initial=0) < 256 and arr.min(initial=0) >= 0 else np.int32

@@ -79,3 +79,45 @@ def test_manifest_is_valid():
 
     pm = PluginManifest.from_distribution("napari-segattn")
     assert {w.display_name for w in pm.contributions.widgets} >= {"Model", "Train", "Predict and refine", "Inspect", "Compare"}
+
+
+def test_saving_through_napari_keeps_the_source_grid_for_a_read_layer_and_a_prediction(
+        shared_data, make_napari_viewer, qtbot, tmp_path):
+    """Found by a new user: File > Save of a labels layer read from NIfTI wrote diag(spacing)
+    with no origin or orientation (napari hands the writer the layer's attributes, the metadata
+    one level down), and the plugin's prediction of a NIfTI volume had no grid to keep."""
+    import json
+
+    from napari_segattn.widgets import ModelWidget, PredictRefineWidget
+    from napari_segattn.widgets.state import get_state
+
+    viewer = make_napari_viewer()
+    seg = shared_data / "sct_spine" / "t2s_gmseg_manual.nii.gz"
+    image = shared_data / "sct_spine" / "t2s.nii.gz"
+    viewer.open(str(seg), plugin="napari-segattn")
+    viewer.layers.selection = {viewer.layers[0]}
+    out = tmp_path / "edited.nii.gz"
+    viewer.layers.save(str(out), selected=True, plugin="napari-segattn")
+    src = nib.load(str(seg))
+    assert not np.allclose(src.affine, np.diag([*src.header.get_zooms()[:3], 1.0]))  # an oblique, shifted grid
+    np.testing.assert_allclose(nib.load(str(out)).affine, src.affine)
+
+    viewer.open(str(image), plugin="napari-segattn")
+    mw, rw = ModelWidget(viewer), PredictRefineWidget(viewer)
+    state = get_state(viewer)
+    mw.image_select.value = ["t2s"]
+    mw.arch.value = "unet"
+    mw.arch_options.value = json.dumps({"in_channels": 1})
+    mw.build_button.clicked.emit()
+    qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
+    rw.scope.value = "whole volume"
+    rw.predict_button.clicked.emit()
+    qtbot.waitUntil(lambda: not state.busy, timeout=120_000)
+    viewer.layers.selection = {viewer.layers["prediction"]}
+    pred_out = tmp_path / "prediction.nii.gz"
+    viewer.layers.save(str(pred_out), selected=True, plugin="napari-segattn")
+    saved, src_image = nib.load(str(pred_out)), nib.load(str(image))
+    np.testing.assert_allclose(saved.affine, src_image.affine)
+    assert saved.shape == src_image.shape
+    np.testing.assert_array_equal(np.asarray(saved.dataobj),
+                                  np.moveaxis(viewer.layers["prediction"].data, (0, 1, 2), (2, 1, 0)))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from .._nifti_layers import nifti_grid
 
 __all__ = ["ModelInput", "InputError", "gather_input", "attach_ground_truth", "current_index", "scope_picker",
            "scope_of", "is_lazy_layer"]
@@ -39,6 +41,12 @@ class ModelInput:
     names: list[str]
     lazy: bool = False  # image is a dask array over the layer's (multiscale level's) data, not loaded
     level: int = 0  # the multiscale level the image was taken from
+    grid: dict = field(default_factory=dict)  # the source NIfTI grid (affine, header) of the first layer
+
+    @property
+    def result_metadata(self) -> dict:
+        """Metadata for a result layer on the whole input grid: File > Save writes it on the source grid."""
+        return dict(self.grid)
 
     @property
     def spatial(self) -> tuple[int, int]:
@@ -106,7 +114,8 @@ def _gather_lazy(viewer, image_layers, scope: str, level: int) -> ModelInput:
         data = data[slice_index]
     return ModelInput(image=data, ground_truth=None, is_volume=is_volume, slice_index=slice_index,
                       layer_shape=tuple(shape), scale=_level_scale(first, level), translate=tuple(first.translate),
-                      names=[l.name for l in image_layers], lazy=True, level=level)
+                      names=[l.name for l in image_layers], lazy=True, level=level,
+                      grid=nifti_grid(first.metadata) if level == 0 else {})
 
 
 def _level_zero_depth(layer) -> int:
@@ -159,6 +168,7 @@ def gather_input(viewer, image_layers, gt_layer=None, scope: str = "slice", *, l
         scale=tuple(first.scale),
         translate=tuple(first.translate),
         names=[l.name for l in image_layers],
+        grid=nifti_grid(first.metadata),
     )
     return attach_ground_truth(inp, gt_layer)
 

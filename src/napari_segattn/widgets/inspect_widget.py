@@ -212,7 +212,8 @@ class InspectWidget(Container):
                                  f"FN rate {_rate(r['fn_rate'], 'no foreground in the ground truth')}  "
                                  f"FP rate {_rate(r['fp_rate'], 'no background in the ground truth')}")
 
-        error_display = dict(colormap=error_colormap(), opacity=0.7, scale=inp.scale, translate=inp.translate)
+        error_display = dict(colormap=error_colormap(), opacity=0.7, scale=inp.scale, translate=inp.translate,
+                             metadata=inp.result_metadata)
         return self._run(one, inp, done, "error map",
                          layers=[("labels", "error map", inp.layer_shape, np.uint8, error_display)])
 

@@ -339,8 +339,9 @@ class PredictRefineWidget(Container):
 
     def _draw_instances(self, inst, geom, inp):
         labels = inst.labels if inp is None else place_slice(inp.layer_shape, inp.slice_index, inst.labels)
+        grid = inp.result_metadata if inp is not None else {}
         layer = upsert_layer(self.viewer, "labels", labels, INSTANCES_LAYER, opacity=0.6,
-                             metadata={"count": inst.count, "mean_area": inst.mean_area}, **geom)
+                             metadata={**grid, "count": inst.count, "mean_area": inst.mean_area}, **geom)
         layer.visible = True
         self.last_instances = inst
         self.objects.value = inst.summary()
@@ -394,7 +395,7 @@ class PredictRefineWidget(Container):
 
     @staticmethod
     def _prediction_display(inp) -> dict:
-        return {"opacity": 0.5, "scale": inp.scale, "translate": inp.translate}
+        return {"opacity": 0.5, "scale": inp.scale, "translate": inp.translate, "metadata": inp.result_metadata}
 
     def _prediction_layer_specs(self, inp) -> list:
         specs = [("labels", "prediction", inp.layer_shape, np.uint8, self._prediction_display(inp))]
