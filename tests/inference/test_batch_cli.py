@@ -201,3 +201,46 @@ def test_evaluate_roi_errors_name_the_file(tmp_path, ckpt, capsys):
     iio.imwrite(tmp_path / "roi" / "f1.png", np.full((5, 5), 255, np.uint8))
     assert main(base) == 2
     assert "ROI f1.png has shape (5, 5), the ground truth (10, 12)" in capsys.readouterr().err
+
+
+def test_a_folder_with_an_unreadable_file_predicts_the_others_and_says_which_failed(tmp_path, ckpt, capsys):
+    """Found by a new user: predict stopped at a corrupt file in the middle of a folder and never
+    predicted the files after it (the Batch widget already skipped and reported such a file)."""
+    imgs = _images(tmp_path / "data", n=2)
+    (tmp_path / "data" / "im0b.png").write_bytes(b"not a png")  # sorts between im0 and im1
+    out = tmp_path / "out"
+    assert main(["predict", ckpt(), str(tmp_path / "data"), "--out", str(out)]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["im0.tif", "im1.tif"]
+    np.testing.assert_array_equal(tifffile.imread(out / "im1.tif"), (imgs["im1"] > 0.5).astype(np.uint8))
+    err = capsys.readouterr().err
+    assert "skipped im0b.png (" in err and "1 of 3 input(s) failed and were skipped: im0b.png" in err
+
+
+def test_a_colour_tiff_for_a_grey_model_is_refused_not_cut_into_strips(tmp_path, ckpt, capsys):
+    """An (H, W, 3) TIFF given to a one-channel model was read as H slices of W x 3 pixels and
+    'predicted' (exit 0); a PNG of the same image was refused."""
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((16, 16, 3), np.uint8))
+    assert main(["predict", ckpt(), str(tmp_path / "rgb.tif"), "--out", str(tmp_path / "o.tif")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "rgb.tif is a colour image (shape (16, 16, 3))" in err and "\n" not in err
+    assert not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "train"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, ckpt, capsys, monkeypatch, command):
+    """Found by a new user: an unwritable --out was found only after the model had run (predict:
+    a traceback; train: after a whole epoch)."""
+    _images(tmp_path / "data", n=1)
+    blocker = tmp_path / "a file"
+    blocker.write_text("x")
+    loads = _count_loads(monkeypatch, predict_cmd)
+    if command == "predict":
+        args = ["predict", ckpt(), str(tmp_path / "data" / "im0.tif"), "--out", str(blocker / "o.tif")]
+    else:
+        tifffile.imwrite(tmp_path / "gt.tif", np.zeros((12, 14), np.uint8))
+        args = ["train", "--model", "unet", "--images", str(tmp_path / "data" / "im0.tif"), "--labels",
+                str(tmp_path / "gt.tif"), "--epochs", "1", "--out", str(blocker / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"cannot write the output into {blocker}: it is a file, not a folder" in err and "\n" not in err
+    assert loads == []  # refused before the model was even read

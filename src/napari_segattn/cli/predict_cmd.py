@@ -142,10 +142,38 @@ def read_cli_image(path: str, model, channel_axis=None, slice_axis=None, level: 
 
 
 def refuse_existing(paths, overwrite: bool) -> None:
-    """Check every output before any work: never overwrite without --overwrite."""
+    """Check every output before any work: never overwrite without --overwrite, and a folder
+    that cannot be written is said now, not after the model has run (or a whole training epoch)."""
     existing = [str(p) for p in paths if p is not None and Path(p).exists()]
     if existing and not overwrite:
         raise CLIError(f"output exists: {', '.join(existing)}; pass --overwrite to replace")
+    for folder in sorted({_existing_folder(Path(p)) for p in paths if p is not None}):
+        why = _cannot_write(folder)
+        if why:
+            raise CLIError(f"cannot write the output into {folder}: {why}; choose another --out (nothing was run)")
+
+
+def _existing_folder(path: Path) -> Path:
+    """The folder an output will be created in, or its nearest existing ancestor (the rest is made)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why nothing can be created in ``folder`` (a real try: permission bits say nothing for root
+    or for /proc and /sys), or None."""
+    import tempfile
+
+    if not folder.is_dir():
+        return "it is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def progress_printer(label: str):
@@ -222,12 +250,21 @@ def _run_batch(args, images: list[Path]) -> int:
     traits = model_traits_checked(args, model)
     print(f"predicting {len(images)} input(s) into {out_dir}" + (f" (probabilities into {prob_dir})" if prob_dir else ""),
           file=sys.stderr)
+    failed = []
     for image, out, prob in zip(images, outs, probs):
-        f, data, c, s = read_cli_image(str(image), model, args.channel_axis, args.slice_axis, args.level)
-        if f.kind == "zarr":
-            raise CLIError(f"{image.name}: a zarr input is predicted alone (segattn predict CKPT {image} --out X.zarr)")
-        written = _predict_one(args, model, traits, tiling, f, data, c, s, out, prob)
+        try:  # one unreadable or unsuitable file is reported and skipped; the others still run
+            f, data, c, s = read_cli_image(str(image), model, args.channel_axis, args.slice_axis, args.level)
+            if f.kind == "zarr":
+                raise CLIError(f"a zarr input is predicted alone (segattn predict CKPT {image} --out X.zarr)")
+            written = _predict_one(args, model, traits, tiling, f, data, c, s, out, prob)
+        except CLIError as exc:
+            failed.append(image.name)
+            print(f"segattn predict: skipped {image.name} ({exc})", file=sys.stderr)
+            continue
         print(f"wrote {written}" + (f" and {prob}" if prob else ""))
+    if failed:
+        raise CLIError(f"{len(failed)} of {len(images)} input(s) failed and were skipped: {', '.join(failed[:5])}"
+                       + (f" and {len(failed) - 5} more" if len(failed) > 5 else ""))
     return 0
 
 

@@ -122,9 +122,11 @@ def guess_axes(f: ImageFile, in_channels: int, channel_axis: int | None = None,
                 return data, 0, None
             if data.shape[-1] == 1:
                 return data, -1, None
-            if f.kind == "raster" and data.shape[-1] in (3, 4):
-                raise ValueError(f"{f.path.name} is a colour image but the model takes one channel; "
-                                 "convert it to grey")
+            # (H, W, 3|4) is a colour image in any file type (a TIFF too), never a stack of
+            # 3-pixel-wide slices: cutting it along its first axis gave H strips of H x 3
+            if data.shape[-1] in (3, 4) and min(data.shape[:2]) > 4:
+                raise ValueError(f"{f.path.name} is a colour image (shape {data.shape}) but the model takes one "
+                                 "channel; convert it to grey")
             return data, None, 0  # a (Z, H, W) stack
     if data.ndim == 4 and in_channels > 1:
         if data.shape[-1] == in_channels:
