@@ -398,3 +398,30 @@ def test_correction_options_are_validated_and_recorded(tmp_path, capsys):
     walk(state)
     assert [(c["correction_radius"], c["feedback_lr_scale"], c["val_feedback"], c["correction_loss_weight"],
              c["correction_loss_margin"]) for c in found] == [([2, 5], 10.0, "corrections", 0.5, 16)]
+
+
+def test_a_multi_class_label_set_trains_with_the_recipes_multi_class_loss(tmp_path, capsys):
+    """Found by a new user: the shipped 3-class MNI sample made `segattn train --model unet` end in
+    a traceback (the recipe's binary soft Dice); a binary --loss chosen on purpose is one line."""
+    from napari_segattn.training import recipe_for
+
+    assert recipe_for("unet").loss == "dice" and recipe_for("unet", 3).loss == "ce_dice"
+    assert recipe_for("fanet", 3).loss == "ce_dice" and recipe_for("brunet", 3).loss == recipe_for("brunet").loss
+    images, labels = toy_arrays(6, size=24)
+    idir, mdir = tmp_path / "images", tmp_path / "masks"
+    idir.mkdir()
+    mdir.mkdir()
+    for k, (im, lab) in enumerate(zip(images, labels)):
+        iio.imwrite(idir / f"s{k:02d}.png", np.clip(im[0] * 120 + 60, 0, 255).astype(np.uint8))
+        three = lab.astype(np.uint8) + (np.arange(24)[None, :] > 18).astype(np.uint8) * (lab == 0)  # classes 0, 1, 2
+        iio.imwrite(mdir / f"s{k:02d}.png", (three * 2).astype(np.uint8))  # stored as 0, 2, 4
+    base = ["train", "--model", "_tiny", "--images", str(idir), "--masks", str(mdir), "--epochs", "1", "--batch-size",
+            "2", "--device", "cpu"]
+    assert main(base + ["--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "3 classes train with 'ce_dice'" in err
+    assert load_model(tmp_path / "run" / "model.safetensors").out_channels == 3
+    assert main(base + ["--out", str(tmp_path / "run2"), "--loss", "dice"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("segattn train: error: loss 'dice' is binary") and "Traceback" not in err
+    assert not (tmp_path / "run2" / "model.safetensors").exists()

@@ -273,12 +273,14 @@ def run(args) -> int:
     import torch
 
     from ..models import build_model, get_spec
-    from ..training import Trainer, TrainingError, build_augmenter
+    from ..training import Trainer, TrainingError, build_augmenter, recipe_for
+    from ..training.losses import build_loss
 
     try:
         get_spec(args.model)
     except KeyError as exc:
         raise CLIError(exc.args[0]) from None
+    options = _model_options(args.model_options)  # a JSON typo is said before the data are read
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; training writes a folder")
@@ -313,13 +315,24 @@ def run(args) -> int:
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
     try:
         model = build_model(args.model, **{"in_channels": ds.num_channels, "out_channels": out_channels,
-                                           **_model_options(args.model_options)})
+                                           **options})
     except (TypeError, ValueError) as exc:
         raise CLIError(f"cannot build {args.model!r} for {ds.num_channels} channel(s), {out_channels} output(s): {exc}") from None
     if args.init_from:
         model = _init_from(args.init_from, args.model, model)
+    if args.loss is None and out_channels > 1:  # the recipe's loss, for as many classes as the labels hold
+        multi = recipe_for(args.model, out_channels).loss
+        if multi != cfg.loss:
+            print(f"segattn train: the {args.model} recipe's loss {cfg.loss!r} is for one class; "
+                  f"{out_channels} classes train with {multi!r} (--loss to choose)", file=sys.stderr)
+            cfg = dataclasses.replace(cfg, loss=multi)
+    try:  # a binary --loss for a multi-class model: said before training starts
+        build_loss(cfg.loss, out_channels, **cfg.loss_options)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     progress = _Progress(enabled=rank == 0)
-    trainer = Trainer(model, train_ds, val_ds, cfg, device=device, listeners=[progress], out_dir=args.out, resume=args.resume)
+    trainer = Trainer(model, train_ds, val_ds, cfg, device=device, listeners=[progress], out_dir=args.out,
+                      resume=args.resume)
     try:
         for _ in trainer.run():
             pass

@@ -237,13 +237,23 @@ RECIPES: dict[str, TrainConfig] = {
 PAM_MODELS = ("unet", "wunet", "d6unet", "d9unet", "aunet", "cscunet", "cbamunet", "gcnunet", "fpa")
 
 
-def recipe_for(model_name: str) -> TrainConfig:
-    """The paper recipe of ``model_name`` (a generic Adam/Dice config for unknown models)."""
+#: losses defined for one output channel only, and what a multi-class model trains with instead
+BINARY_LOSSES = {"dice": "ce_dice", "bce_dice": "ce_dice"}
+
+
+def recipe_for(model_name: str, out_channels: int = 1) -> TrainConfig:
+    """The paper recipe of ``model_name`` (a generic Adam/Dice config for unknown models).
+
+    The papers' recipes are for binary masks; for a model with ``out_channels`` > 1 a binary
+    loss becomes its multi-class counterpart (soft Dice -> cross-entropy + Dice, nnU-Net's
+    default), so a multi-class model trains with its recipe instead of failing."""
     if model_name in PAM_MODELS:
-        return RECIPES["pam"]
-    if model_name in RECIPES:
-        return RECIPES[model_name]
-    return TrainConfig()
+        cfg = RECIPES["pam"]
+    else:
+        cfg = RECIPES.get(model_name, TrainConfig())
+    if out_channels > 1 and cfg.loss in BINARY_LOSSES:
+        cfg = dataclasses.replace(cfg, loss=BINARY_LOSSES[cfg.loss])
+    return cfg
 
 
 def build_augmenter(config: TrainConfig):

@@ -116,7 +116,8 @@ class TrainWidget(Container):
             return
         from ..training import recipe_for
 
-        paper, c = recipe_for(self.state.loaded.name), self.build_config()
+        loaded = self.state.loaded
+        paper, c = recipe_for(loaded.name, int(getattr(loaded.model, "out_channels", 1))), self.build_config()
         aug = c.augment if isinstance(c.augment, str) else "recipe's"
         self.recipe.value = (f"will run {c.epochs} epoch(s) of {c.recipe}: {c.optimizer} lr {c.lr:g}, loss {c.loss}, "
                              f"batch {c.batch_size}, augmentation {aug}"
@@ -128,7 +129,7 @@ class TrainWidget(Container):
         from ..training import recipe_for
 
         loaded = self.state.loaded
-        cfg = recipe_for(loaded.name)
+        cfg = recipe_for(loaded.name, int(getattr(loaded.model, "out_channels", 1)))
         changes = {"epochs": int(self.epochs.value), "batch_size": int(self.batch_size.value)}
         if self.lr.value > 0:
             changes["lr"] = float(self.lr.value)
