@@ -113,3 +113,28 @@ def test_on_finish_runs_once_per_job_whether_it_returns_or_fails(qtbot, fails):
         time.sleep(0.01)
     assert calls == [1]
     assert [type(e) for e in errors] == ([ValueError] if fails else [])
+
+
+def test_a_job_that_ends_while_its_bar_updates_raises_nothing():
+    """Found by a new user: cancelling IG saliency raised AttributeError in on_yield every time;
+    the bar's set_description processes events, in which the job's end closed the bar."""
+    from napari_segattn.widgets.workers import ActivityBar
+
+    class Bar:  # napari's progress as far as ActivityBar uses it; its calls let the job end
+        def __init__(self, activity):
+            self.activity, self.total, self.n, self.closed = activity, 1, 0, False
+
+        def set_description(self, _):
+            self.activity.close()
+
+        def update(self, _):
+            assert not self.closed, "updated after close"
+
+        def close(self):
+            self.closed = True
+
+    activity = ActivityBar("IG saliency", total=1)
+    activity.pbar = bar = Bar(activity)
+    activity._updated = -1e9
+    activity.on_yield(Ev(1, 48, "IG steps"))  # a new total: set_description, where the job ends
+    assert bar.closed and activity.pbar is None

@@ -177,9 +177,13 @@ class ActivityBar:
         if self.ended or self.pbar is not None:
             return
         self._updated = time.perf_counter()  # napari's bar processes events while it is built
-        self.pbar = progress(total=self.total, desc=self._label())
-        self.pbar.n = min(self.done, self.total) if self.total else 0
-        self.pbar.update(0)
+        bar = progress(total=self.total, desc=self._label())
+        if self.ended:  # the job ended while the bar was being built
+            bar.close()
+            return
+        self.pbar = bar
+        bar.n = min(self.done, self.total) if self.total else 0
+        bar.update(0)
 
     def on_yield(self, ev) -> None:
         import time
@@ -189,12 +193,17 @@ class ActivityBar:
             self.done, self.total, self.stage = done, total, str(getattr(ev, "stage", "") or "")
         else:
             self.done += 1
-        if self.pbar is not None and time.perf_counter() - self._updated >= self.UPDATE_EVERY_S:
-            if self.pbar.total != self.total:
-                self.pbar.total = self.total
-                self.pbar.set_description(self._label())
-            self.pbar.n = min(self.done, self.total) if self.total else self.done
-            self.pbar.update(0)
+        bar = self.pbar
+        if bar is not None and time.perf_counter() - self._updated >= self.UPDATE_EVERY_S:
+            # the bar's calls process events, so the job can end (``close``) in the middle of
+            # this update: a cancelled IG run raised AttributeError on ``self.pbar.n`` here
+            if bar.total != self.total:
+                bar.total = self.total
+                bar.set_description(self._label())
+                if self.ended:
+                    return
+            bar.n = min(self.done, self.total) if self.total else self.done
+            bar.update(0)
             self._updated = time.perf_counter()
 
     def close(self) -> None:
