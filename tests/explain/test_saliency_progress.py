@@ -118,3 +118,13 @@ def test_preview_keeps_a_size_the_model_takes(standin):
     s = saliency(model, _img(40), 1, n_steps=4, downscale=4)
     assert s.downscale == 2 and s.map.shape == (40, 40)
     assert coverage((20, 20), window_grid((20, 20), *s.window[:1], s.stride)).min() >= 1
+
+
+def test_the_gap_warning_does_not_suggest_the_baseline_already_in_use():
+    """Found by a new user: with --baseline blur the warning still said "'blur' avoids that"."""
+    from napari_segattn.explain.saliency import _gap_warning
+
+    assert "'blur' avoids that" in _gap_warning(0.4, 16, None, "zeros")
+    blur = _gap_warning(0.4, 16, None, "blur")
+    assert "'blur' avoids that" not in blur and "already used 'blur'" in blur
+    assert _gap_warning(0.001, 16, None, "blur") is None

@@ -331,6 +331,12 @@ def test_inspect_saliency_and_attention_layers(setup, qtbot):
     _wait_idle(qtbot, state)
     att = viewer.layers["attention maps (axis 0 = stage)"]
     assert att.data.shape[1:] == img.shape and att.data.shape[0] == len(att.metadata["stages"]) >= 4
+    # a model without attention maps: the last model's maps are not left standing as if they were its own
+    _build(widgets, "unet", in_channels=1)
+    iw.attention_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert "attention maps (axis 0 = stage)" not in viewer.layers
+    assert iw.status.value.startswith("unet exposes no attention maps (the maps shown before")
 
 
 def test_training_keeps_the_viewer_responsive_and_can_be_saved(setup, qtbot, tmp_path):

@@ -305,12 +305,13 @@ def _grow(a: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(big, dtype=np.float32)
 
 
-def _gap_warning(rel: float, steps: int, tolerance: float | None) -> str | None:
+def _gap_warning(rel: float, steps: int, tolerance: float | None, baseline: str = "zeros") -> str | None:
     # Bias-free conv -> InstanceNorm (the PAM/FPA/RFNA blocks) is scale invariant, so along
     # the straight path from a zero (or constant) baseline F(beta*x) = F(x) for beta > 0:
     # the whole change happens at beta ~ 0 and IG misses it. The gap makes this visible.
     hint = ("(models with InstanceNorm after bias-free convs are scale invariant along a path from "
-            "'zeros'/'mean'; 'blur' avoids that)")
+            "'zeros'/'mean'; 'blur' avoids that)" if baseline != "blur" else
+            "(this run already used 'blur'; a larger blur sigma or more steps may close the gap)")
     if tolerance is not None:
         if rel <= tolerance:
             return None
@@ -439,7 +440,7 @@ def iter_saliency(
         deltas=deltas,
         output_difference=diffs,
         seconds=time.perf_counter() - t0,
-        warning=_gap_warning(max(rel), steps, gap_tolerance),
+        warning=_gap_warning(max(rel), steps, gap_tolerance, baseline),
         downscale=factor,
         steps_tried=tried if gap_tolerance is not None else [],
     )

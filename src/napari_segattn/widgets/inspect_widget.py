@@ -77,6 +77,9 @@ def _saliency_job(fn, inp, cancel, mode: str):
     return full
 
 
+ATTENTION_LAYER = "attention maps (axis 0 = stage)"
+
+
 def _rate(value: float, undefined: str) -> str:
     """A rate as a percentage, or why it has none (an empty ground truth has no FN rate)."""
     return f"– ({undefined})" if not np.isfinite(value) else f"{value:.2%}"
@@ -163,7 +166,8 @@ class InspectWidget(Container):
 
         def yielded(ev):
             if isinstance(ev, JobProgress):
-                self.status.value = f"{desc}: {ev.done}/{ev.total} IG steps {ev.stage}... Cancel stops within one step"
+                unit = ev.stage or "IG steps"  # the event names its unit ("IG steps"; once only)
+                self.status.value = f"{desc}: {ev.done}/{ev.total} {unit}... Cancel stops within one step"
             if on_yield is not None:
                 on_yield(ev)
 
@@ -299,7 +303,11 @@ class InspectWidget(Container):
 
         def done(per_slice):
             if not per_slice or not per_slice[0]:
-                self.status.value = f"{self.state.loaded.name} exposes no attention maps"
+                note = ""
+                if ATTENTION_LAYER in self.viewer.layers and self.viewer.layers[ATTENTION_LAYER].metadata.get("segattn"):
+                    self.viewer.layers.remove(ATTENTION_LAYER)  # another model's maps, not this one's
+                    note = " (the maps shown before were another model's and are removed)"
+                self.status.value = f"{self.state.loaded.name} exposes no attention maps{note}"
                 return
             names = [f"{a.kind}: {a.name}" for a in per_slice[0]]
             # one layer, stage on the first axis: the dims slider steps through the stages
@@ -307,8 +315,7 @@ class InspectWidget(Container):
                 arr = np.stack([np.stack([a.map for a in s]) for s in per_slice], axis=1)  # (S, Z, H, W)
             else:
                 arr = np.stack([a.map for a in per_slice[0]])  # (S, H, W)
-            upsert_layer(self.viewer, "image", on_its_slice(inp, arr.astype(np.float32), 1),
-                         "attention maps (axis 0 = stage)", colormap="viridis", blending="translucent", opacity=0.45,
+            upsert_layer(self.viewer, "image", on_its_slice(inp, arr.astype(np.float32), 1), ATTENTION_LAYER, colormap="viridis", blending="translucent", opacity=0.45,
                          metadata={"stages": names}, **slice_result_geometry(inp, leading=1))
             label_stack_axis(self.viewer)
             self.status.value = f"{len(names)} attention map(s): " + ", ".join(names[:4]) + (" ..." if len(names) > 4 else "")
