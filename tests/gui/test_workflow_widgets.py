@@ -639,3 +639,15 @@ def test_closing_and_docking_predict_and_refine_again_continues_the_refinement(m
     mw.build_button.clicked.emit()
     qtbot.waitUntil(lambda: not state.busy, timeout=60_000)
     assert state.refiner is None
+
+
+def test_predict_on_a_constant_layer_warns_in_the_viewer(make_napari_viewer, qtbot, monkeypatch):
+    from napari_segattn.widgets import refine_widget
+
+    shown = []
+    monkeypatch.setattr(refine_widget, "show_warning", shown.append)
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, np.full((64, 64), 24, np.uint8), name="blank")
+    rw.predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    assert shown and shown[0].startswith("blank is constant (every pixel 24)")
+    assert "prediction" in viewer.layers  # said, not refused

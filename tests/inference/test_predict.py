@@ -235,3 +235,18 @@ def test_amp_policy_cpu_is_exact_unless_bf16_is_asked_for(rng):
     assert 0 < diff < 0.05, diff  # really computed in bf16, and close
     with pytest.raises(ValueError, match="amp="):
         predict(model, img, device="cpu", amp="fp8")
+
+
+def test_a_constant_image_is_predicted_with_a_warning_that_it_means_nothing(standin):
+    """Found by a new user: a blank image came back 99.98 % foreground from the demo FANet
+    (z-scoring makes it all zeros) with no word; a real image does not warn."""
+    import warnings
+
+    from napari_segattn.data.errors import SegattnWarning
+    from napari_segattn.inference import predict
+
+    with pytest.warns(SegattnWarning, match=r"the image is constant \(every pixel 24\.0\)"):
+        predict(standin("plain"), np.full((16, 16), 24.0, np.float32), device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegattnWarning)
+        predict(standin("plain"), np.arange(256, dtype=np.float32).reshape(16, 16), device="cpu")

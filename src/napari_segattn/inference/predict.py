@@ -109,6 +109,22 @@ def _check_finite(image) -> None:
         raise InputError(f"the image contains {n} NaN/inf value(s); fill or mask them before predicting")
 
 
+def _warn_if_constant(image) -> None:
+    """A constant image has nothing to segment, and per-image z-scoring turns it into zeros,
+    which a model may read as all foreground (the demo FANet: 99.98 %). Said, not refused: a
+    blank slice is a legitimate input whose result is simply meaningless."""
+    if is_lazy(image) or image.size == 0:
+        return  # reading a whole lazy volume for this is not worth it
+    first = image.flat[0]
+    if np.all(image == first):
+        import warnings
+
+        from ..data.errors import SegattnWarning
+
+        warnings.warn(f"the image is constant (every pixel {first.item()!r}): there is nothing to segment and "
+                      "the prediction means nothing", SegattnWarning, stacklevel=3)
+
+
 def _check_slice_size(model: torch.nn.Module, layout: Layout) -> None:
     sp = list(layout.spatial_shape)
     if layout.is_volume:
@@ -141,6 +157,7 @@ def prepare_source(
     if model is not None:
         _check_slice_size(model, layout)
     _check_finite(image)
+    _warn_if_constant(image)
     return layout, RawWindows(image, layout, traits.normalization)
 
 
@@ -165,6 +182,7 @@ def prepare_stack(
     if model is not None:
         _check_slice_size(model, layout)
     _check_finite(image)
+    _warn_if_constant(image)
     # the raw stack keeps its dtype: FANet's Otsu mask reads uint8 files as they are
     raw_cf = layout.channels_first(image)
     norm_cf = normalize_image(traits, raw_cf, slice_axis=1 + layout.slice_pos if layout.is_volume else None)
