@@ -27,8 +27,11 @@ def stem(path: str | Path) -> str:
     return Path(path).stem
 
 
-def looks_like_labels(path: str | Path, data: np.ndarray) -> bool:
-    """Integer data whose file name says seg/label/mask is opened as a Labels layer."""
+def looks_like_labels(path: str | Path, data: np.ndarray, header=None) -> bool:
+    """A Labels layer: the header's intent says labels (NIFTI_INTENT_LABEL, as our writers set
+    it), or integer data whose file name says seg/label/mask."""
+    if header is not None and header.get_intent()[0] == "label":
+        return True
     integer = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(data[:: max(1, data.size // 100000)], 1) == 0))
     return integer and any(h in stem(path).lower() for h in _LABEL_HINTS)
 
@@ -45,7 +48,7 @@ def read_nifti_layer(path: str | Path, layer_type: str | None = None) -> tuple:
     scale = zooms[::-1]
     meta = {"nifti_affine": img.affine.copy(), "nifti_header": img.header.copy(), "nifti_axes": "zyx", "source": str(path)}
     if layer_type is None:
-        layer_type = "labels" if looks_like_labels(path, data) else "image"
+        layer_type = "labels" if looks_like_labels(path, data, img.header) else "image"
     kwargs: dict = {"name": stem(path), "metadata": meta}
     if vol.ndim == 4:  # modalities/time last in NIfTI: show as channels
         kwargs["channel_axis"] = 3
@@ -90,6 +93,7 @@ def write_nifti_labels(path: str | Path, data: np.ndarray, meta: dict) -> str:
     img = nib.Nifti1Image(arr.astype(out_dtype), affine, header=header.copy() if header is not None else None)
     img.set_data_dtype(out_dtype)
     img.header.set_slope_inter(1, 0)
+    img.header.set_intent("label")  # NIFTI_INTENT_LABEL: opened as labels again, whatever the file's name
     path = str(path)
     if not is_nifti(path):
         path += ".nii.gz"

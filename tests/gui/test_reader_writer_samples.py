@@ -121,3 +121,6 @@ def test_saving_through_napari_keeps_the_source_grid_for_a_read_layer_and_a_pred
     assert saved.shape == src_image.shape
     np.testing.assert_array_equal(np.asarray(saved.dataobj),
                                   np.moveaxis(viewer.layers["prediction"].data, (0, 1, 2), (2, 1, 0)))
+    # the file says it holds labels (NIFTI_INTENT_LABEL), so it opens as labels though its name does not
+    (_, _, kind), = napari_get_reader(str(pred_out))(str(pred_out))
+    assert kind == "labels" and saved.header.get_intent()[0] == "label"

@@ -167,6 +167,9 @@ def write_array(path: str | Path, arr: np.ndarray, like: ImageFile | None = None
         img = nib.Nifti1Image(arr, affine, header=header)
         img.set_data_dtype(arr.dtype)
         img.header.set_slope_inter(1, 0)
+        # NIFTI_INTENT_LABEL for labels (the float maps keep the source's intent): readers, ours
+        # included, then open the file as labels whatever its name
+        img.header.set_intent("label" if labels else "none")
         nib.save(img, str(path))
     elif suf in TIFF:
         import tifffile
