@@ -128,3 +128,18 @@ def test_the_gap_warning_does_not_suggest_the_baseline_already_in_use():
     blur = _gap_warning(0.4, 16, None, "blur")
     assert "'blur' avoids that" not in blur and "already used 'blur'" in blur
     assert _gap_warning(0.001, 16, None, "blur") is None
+
+
+def test_a_cancellable_run_on_a_small_image_is_cut_into_passes(standin):
+    """Found by a new user: on a 128x128 image all 64 steps fit one pass, so the viewer showed no
+    progress and Cancel did nothing. With a cancel callback there are at least PASSES_TO_CANCEL
+    passes; without one (the CLI) the memory-sized batch stays; the map is the same."""
+    from napari_segattn.explain.saliency import PASSES_TO_CANCEL
+
+    events = []
+    with_cancel = saliency(standin("pixel"), _img(), 1, n_steps=64, progress=events.append, cancel=lambda: False)
+    assert len(events) >= PASSES_TO_CANCEL and events[-1].done == 64
+    events.clear()
+    plain = saliency(standin("pixel"), _img(), 1, n_steps=64, progress=events.append)
+    assert len(events) < PASSES_TO_CANCEL
+    np.testing.assert_allclose(with_cancel.map, plain.map, rtol=1e-5, atol=1e-7)

@@ -305,6 +305,10 @@ def _grow(a: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(big, dtype=np.float32)
 
 
+#: the fewest IG passes a cancellable run is cut into (progress and Cancel between them)
+PASSES_TO_CANCEL = 8
+
+
 def _gap_warning(rel: float, steps: int, tolerance: float | None, baseline: str = "zeros") -> str | None:
     # Bias-free conv -> InstanceNorm (the PAM/FPA/RFNA blocks) is scale invariant, so along
     # the straight path from a zero (or constant) baseline F(beta*x) = F(x) for beta > 0:
@@ -412,6 +416,10 @@ def iter_saliency(
     with _eval_on(model, dev):
         while True:
             batch = internal_batch_size or ig_batch_size((h, w), steps)
+            if cancel is not None and internal_batch_size is None:
+                # someone can press Cancel (the viewer): at least PASSES_TO_CANCEL passes, so a
+                # small image, all of whose steps fit one pass, still shows progress and stops
+                batch = min(batch, max(1, -(-steps // PASSES_TO_CANCEL)))
             maps, per_ch, deltas, diffs = yield from _iter_maps(model, traits, x, base, m, classes, method, wins,
                                                                 steps, batch, window_batch, cancel)
             gaps = [abs(d) for d in deltas]
