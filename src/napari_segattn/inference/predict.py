@@ -121,8 +121,8 @@ def _warn_if_constant(image) -> None:
 
         from ..data.errors import SegattnWarning
 
-        warnings.warn(f"the image is constant (every pixel {first.item()!r}): there is nothing to segment and "
-                      "the prediction means nothing", SegattnWarning, stacklevel=3)
+        warnings.warn(f"the image is constant (every pixel {first.item()!r}): there is nothing to segment, so "
+                      "a prediction (or a map) of it means nothing", SegattnWarning, stacklevel=3)
 
 
 def _check_slice_size(model: torch.nn.Module, layout: Layout) -> None:
