@@ -118,6 +118,8 @@ def files(tmp_path_factory) -> dict:
     f.update(trunc_nii=d / "trunc.nii.gz", corrupt_nii=d / "corrupt.nii.gz")
     (d / "a_file").write_text("x")
     f["file_path"] = d / "a_file"
+    tifffile.imwrite(d / "rgb.tif", np.stack([img] * 3, axis=-1))
+    f["rgb_tif"] = d / "rgb.tif"
     return f
 
 
