@@ -651,3 +651,37 @@ def test_predict_on_a_constant_layer_warns_in_the_viewer(make_napari_viewer, qtb
     _wait_idle(qtbot, state)
     assert shown and shown[0].startswith("blank is constant (every pixel 24)")
     assert "prediction" in viewer.layers  # said, not refused
+
+
+def test_the_error_map_scores_the_refined_mask_shown_and_only_on_its_own_slice(make_napari_viewer, qtbot):
+    """Found by a new user: Inspect's error map ran one more model pass at predict's default
+    threshold instead of scoring the mask on screen (threshold 0.3: 4538 foreground pixels
+    scored against 4771 shown), and on another slice of the same shape it fed the refined slice's
+    mask to FANet."""
+    from napari_segattn.inference import predict
+    from napari_segattn.widgets import InspectWidget
+
+    pairs = [_blobs(seed=s) for s in range(3)]
+    vol, gt = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, vol, name="stack")
+    viewer.add_labels(gt, name="stack_gt")
+    mw.gt_combo.value = "stack_gt"
+    iw = InspectWidget(viewer)
+    viewer.dims.set_point(0, 2)
+    rw.threshold.value = 0.3
+    for _ in range(2):
+        rw.step_button.clicked.emit()
+        _wait_idle(qtbot, state)
+    shown = state.refiner.current_mask
+    iw.error_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    em = viewer.layers["error map"].data[2]
+    assert (em == 1).sum() == (shown & (gt[2] > 0)).sum() and (em == 3).sum() == (shown & (gt[2] == 0)).sum()
+    assert "the refinement's current mask (iteration 2)" in iw.status.value
+    viewer.dims.set_point(viewer.dims.ndim - 3, 0)  # z (the iteration axis is in front now): another slice
+    iw.error_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    own = predict(state.loaded.model, vol[0], device="cpu").labels > 0
+    em0 = viewer.layers["error map"].data[0]
+    assert (em0 == 1).sum() == (own & (gt[0] > 0)).sum() and (em0 == 3).sum() == (own & (gt[0] == 0)).sum()
+    assert "prediction (threshold 0.5)" in iw.status.value

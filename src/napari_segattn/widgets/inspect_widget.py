@@ -150,12 +150,20 @@ class InspectWidget(Container):
             return None
         return inp, self.state.loaded.model, self.state.device, self._feedback_mask(inp)
 
+    def _refinement_of(self, inp):
+        """The running refinement when it is of this very input (same layers, same slice), else
+        None: a refinement of slice 45 says nothing about slice 10 of the same shape."""
+        ref, ref_inp = self.state.refiner, self.state.refiner_input
+        if ref is None or ref_inp is None or inp.is_volume or ref_inp.is_volume:
+            return None
+        if list(ref_inp.names) != list(inp.names) or ref_inp.slice_index != inp.slice_index:
+            return None
+        return ref if ref.current_mask.shape == inp.image.shape[-2:] else None
+
     def _feedback_mask(self, inp):
-        """FANet is inspected at its current feedback mask when a refinement is running."""
-        ref = self.state.refiner
-        if ref is not None and not inp.is_volume and ref.current_mask.shape == inp.image.shape[-2:]:
-            return ref.current_mask
-        return None
+        """FANet is inspected at its current feedback mask when a refinement of this input runs."""
+        ref = self._refinement_of(inp)
+        return None if ref is None else ref.current_mask
 
     def _run(self, fn, inp, on_done, desc, job=_slices_generator, job_args=(), on_yield=None, layers=()):
         """``layers``: specs of result layers to create while the job runs (``layers.prepare_layers``)."""
@@ -195,8 +203,16 @@ class InspectWidget(Container):
         if ctx is None:
             return None
         inp, model, dev, mask = ctx
+        ref = self._refinement_of(inp)
+        # the mask the user sees: the refinement's current mask when one of this input runs (one
+        # more model pass would score another mask, at predict's default threshold)
+        shown = None if ref is None else ref.current_mask.astype(np.uint8)
+        what = (f"the refinement's current mask (iteration {len(ref.history)})" if ref is not None else
+                f"{self.state.loaded.name}'s prediction (threshold 0.5)")
 
         def one(img2d):
+            if shown is not None:
+                return shown
             return predict(model, img2d, channel_axis=0, device=dev, mask=mask).labels
 
         def done(labels_list):
@@ -211,7 +227,7 @@ class InspectWidget(Container):
             full = place_slice(inp.layer_shape, inp.slice_index, labels)
             upsert_layer(self.viewer, "labels", full, "error map", **error_display)
             c, r = em.counts[ci], em.rates[ci]
-            self.status.value = f"error map of {self.state.loaded.name} against {self.state.gt_layer_name}"
+            self.status.value = f"error map of {what} against {self.state.gt_layer_name}"
             self.counts.value = (f"TP {c['TP']:,}  FN {c['FN']:,}  FP {c['FP']:,}  |  "
                                  f"FN rate {_rate(r['fn_rate'], 'no foreground in the ground truth')}  "
                                  f"FP rate {_rate(r['fp_rate'], 'no background in the ground truth')}")
