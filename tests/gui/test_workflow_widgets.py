@@ -596,6 +596,12 @@ def test_status_line_says_when_a_job_failed_or_was_cancelled(make_napari_viewer,
     rw.predict_button.clicked.emit()
     _wait_idle(qtbot, state)
     assert rw.status.value.startswith("error: predict failed: ChannelMismatchError"), rw.status.value
+    bad = img.copy()
+    bad[3, 3] = np.nan
+    viewer.add_image(bad, name="with nan")
+    mw.image_select.value = ["with nan"]
+    rw.predict_button.clicked.emit()  # refused before any job: the status says so too
+    assert rw.status.value.startswith("error: ") and "NaN" in rw.status.value, rw.status.value
     mw.image_select.value = ["cells"]
     rw.step_button.clicked.emit()
     _wait_idle(qtbot, state)

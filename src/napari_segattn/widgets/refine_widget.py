@@ -375,6 +375,7 @@ class PredictRefineWidget(Container):
             inp = self._input(lazy=True)
         except InputError as exc:
             show_error(str(exc))
+            self.status.value = f"error: {exc}"  # not the last run's line
             return None
         loaded = self.state.loaded
         if inp.lazy:
