@@ -691,3 +691,39 @@ def test_the_error_map_scores_the_refined_mask_shown_and_only_on_its_own_slice(m
     em0 = viewer.layers["error map"].data[0]
     assert (em0 == 1).sum() == (own & (gt[0] > 0)).sum() and (em0 == 3).sum() == (own & (gt[0] == 0)).sum()
     assert "prediction (threshold 0.5)" in iw.status.value
+
+
+def test_moving_to_another_slice_keeps_the_refined_slice_in_a_volume_layer(make_napari_viewer, qtbot):
+    """Found by a new user: Step on slice 45, paint a correction, Step, move to slice 30 and
+    Step: the corrected slice 45 was gone from every layer. Each refined slice is now kept in
+    'refined slices' (volume-shaped, the image's grid) and can be the initial mask to go on."""
+    vol = np.stack([_blobs(seed=s)[0] for s in range(3)])
+    viewer, mw, rw, state = fanet_session(make_napari_viewer, qtbot, vol, name="stack")
+    z_axis = lambda: viewer.dims.ndim - 3  # noqa: E731 - the iteration axis comes in front after a Step
+    viewer.dims.set_point(0, 2)
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    feedback = viewer.layers["feedback mask (paint, then Step)"]
+    painted = feedback.data.copy()
+    painted[0, :5, :5] = 1
+    feedback.data = painted
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    refined2 = state.refiner.current_mask.copy()
+    assert refined2[:5, :5].all()  # the correction is pinned
+    viewer.dims.set_point(z_axis(), 0)
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    kept = viewer.layers["refined slices"]
+    assert kept.data.shape == vol.shape
+    np.testing.assert_array_equal(kept.data[2].astype(bool), refined2)
+    assert not kept.data[:2].any()
+    assert "slice 2's refined mask is kept in 'refined slices'" in rw.status.value
+    assert state.refiner_input.slice_index == 0
+    # back on slice 2, the kept mask is an initial mask to go on from
+    assert "layer: refined slices" in rw.init.choices
+    rw.init.value = "layer: refined slices"
+    viewer.dims.set_point(z_axis(), 2)
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    np.testing.assert_array_equal(state.refiner.initial_mask, refined2)

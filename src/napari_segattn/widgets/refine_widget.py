@@ -30,6 +30,8 @@ SESSION_PARTS = ("image layer(s)", "image data", "slice", "scope", "model", "dev
 
 REFINEMENT_LAYER = "refinement (0 = initial mask)"
 PAINTED_LAYER = "painted (fixed)"
+#: each refined slice of a volume, kept when the refinement moves on to another slice
+REFINED_SLICES_LAYER = "refined slices"
 # distinct colours: the model's refinement green, the feedback you paint orange, fixed paint cyan/magenta
 REFINEMENT_COLORS = {1: (0.2, 0.9, 0.3, 1.0)}
 FEEDBACK_COLORS = {1: (1.0, 0.55, 0.0, 1.0)}
@@ -179,7 +181,9 @@ class PredictRefineWidget(Container):
     # -- helpers ---------------------------------------------------------------------------
     def _refresh_inits(self, *_):
         keep = self.init.value
-        labels = [l.name for l in self.viewer.layers if layer_kind(l) == "labels" and not l.metadata.get("segattn")]
+        # the user's labels layers, and the refined slices (to go on from a slice refined before)
+        labels = [l.name for l in self.viewer.layers if layer_kind(l) == "labels"
+                  and (not l.metadata.get("segattn") or l.name == REFINED_SLICES_LAYER)]
         self.init.choices = INIT_CHOICES + [f"layer: {n}" for n in labels]
         if keep in self.init.choices:
             self.init.value = keep
@@ -190,6 +194,7 @@ class PredictRefineWidget(Container):
         self._refresh_inits()
 
     def _model_changed(self, loaded):
+        self._keep_refined_slice()
         self.state.set_refiner(None)
         self._enable_for(loaded)
 
@@ -555,6 +560,9 @@ class PredictRefineWidget(Container):
         if ref is not None and self.state.refiner_session is not None:
             changed = [k for k in SESSION_PARTS if self.state.refiner_session.get(k) != session[k]]
             msg = f"{', '.join(changed)} changed since the last step: starting a fresh refinement"
+            kept = self._keep_refined_slice()
+            if kept is not None:
+                msg += f"; slice {kept}'s refined mask is kept in '{REFINED_SLICES_LAYER}'"
             show_info(msg)
             self._restart_note = msg
         _, gt_layer = self.state.input_layers(self.viewer)
@@ -570,6 +578,22 @@ class PredictRefineWidget(Container):
                      pin_edits=bool(self.keep_painted.value), threshold=float(self.threshold.value),
                      focus=self._focus_value(), progressive_merge=bool(self.merge.value), **self._core_layout(inp))
         return build, inp, session
+
+    def _keep_refined_slice(self) -> int | None:
+        """Before a refinement of one slice of a volume is replaced (the user moved to another
+        slice, or changed the model...), its current mask, painted corrections included, goes into
+        that slice of a volume-shaped layer, so slice-by-slice work adds up instead of being lost.
+        Returns the slice index kept, or None (no slice refinement, or nothing refined yet)."""
+        ref, inp = self.state.refiner, self.state.refiner_input
+        if ref is None or inp is None or inp.slice_index is None or not (ref.history or ref.edit_mask.any()):
+            return None
+        existing = None
+        if REFINED_SLICES_LAYER in self.viewer.layers:
+            existing = np.asarray(self.viewer.layers[REFINED_SLICES_LAYER].data)
+        full = place_slice(inp.layer_shape, inp.slice_index, ref.current_mask.astype(np.uint8), existing)
+        upsert_layer(self.viewer, "labels", full, REFINED_SLICES_LAYER, opacity=0.5, scale=inp.scale,
+                     translate=inp.translate, metadata=inp.result_metadata)
+        return inp.slice_index
 
     def _adopt_refiner(self, refiner, inp, session):
         self.state.set_refiner(refiner, inp, session)
