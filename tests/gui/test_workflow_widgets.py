@@ -536,6 +536,12 @@ def test_volume_scope_predicts_every_slice_and_slice_scope_only_the_shown_one(ma
     expected = predict(state.loaded.model, vol[2], device="cpu").labels
     np.testing.assert_array_equal(pred.data[2].astype(bool), expected)
     assert not pred.data[[0, 1, 3]].any()
+    viewer.dims.set_point(0, 3.0)  # slice 1: both predicted slices stay, labels and probabilities alike
+    rw.predict_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    prob = viewer.layers["probability"].data
+    assert prob[1].any() and prob[2].any() and not prob[[0, 3]].any()
+    assert viewer.layers["prediction"].data[2].any() == pred.data[2].any()
     rw.scope.value = "whole volume"
     rw.predict_button.clicked.emit()
     _wait_idle(qtbot, state)

@@ -522,7 +522,10 @@ class PredictRefineWidget(Container):
         if self.show_probs.value and not pred.binary:
             note = "; probabilities are shown for binary models only"
         if self.show_probs.value and pred.binary:
-            prob = place_slice(inp.layer_shape, inp.slice_index, pred.foreground.astype(np.float32))
+            old = self.viewer.layers["probability"].data if "probability" in self.viewer.layers else None
+            # the other slices' probabilities stay, as the other slices' labels do in "prediction"
+            prob = place_slice(inp.layer_shape, inp.slice_index, pred.foreground.astype(np.float32),
+                               np.asarray(old) if old is not None and inp.slice_index is not None else None)
             upsert_layer(self.viewer, "image", prob, "probability", **PROBABILITY_DISPLAY, **geom)
         self.status.value = (f"predicted in {pred.seconds:.2f} s on {pred.device} "
                              f"({pred.info.get('precision', 'float32')}, threshold {pred.threshold or 0.5:.2f}){note}")
