@@ -9,7 +9,7 @@ import threading
 import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushButton, SpinBox
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 
 from .inputs import InputError, attach_ground_truth, gather_input, scope_of, scope_picker
 from .docking import dock_as_tab
@@ -388,10 +388,6 @@ class PredictRefineWidget(Container):
         mask = None
         if loaded.takes_mask:
             mask = self._initial_mask(inp)
-        if inp.image.size and np.all(inp.image == inp.image.flat[0]):
-            # the core warns too, but napari does not relay a worker's warnings reliably
-            show_warning(f"{', '.join(inp.names)} is constant (every pixel {inp.image.flat[0]:g}): there is nothing "
-                         "to segment and the prediction means nothing")
         self._cancel.clear()
         self.state.busy = True
         self.status.value = "predicting..."

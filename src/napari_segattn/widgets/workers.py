@@ -76,6 +76,12 @@ def _guard(gen_func):
     return guarded
 
 
+def _relay_warning(show_warning_args: tuple) -> None:
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.receive_warning(*show_warning_args)
+
+
 def _once(func: Callable[[], None]) -> Callable[[], None]:
     """``func`` that runs on its first call only. After an error superqt may still emit
     ``finished`` after ``errored`` (which calls on_finish itself, as ``finished`` is not always
@@ -125,6 +131,11 @@ def run_in_worker(
     # ``_progress``: ActivityBar shows napari's bar, later and throttled (see there).
     worker = create_worker(_guard(gen_func), *args, _start_thread=False, _connect={"errored": _errored}, **kwargs)
     worker.activity = activity
+    # napari's worker classes mean to relay warnings as notifications, but their mixin's
+    # __init__ is never reached behind superqt's (PyQt's QRunnable does not chain it), so a
+    # core warning raised in a job (a constant image, options a run ignores) was lost. Relayed
+    # here; receive_warning drops a warning it has already shown, so a fixed napari is harmless.
+    worker.warned.connect(_relay_warning)
     worker.started.connect(activity.start)
     worker.finished.connect(activity.close)
     worker.errored.connect(lambda _exc: activity.close())
