@@ -739,3 +739,11 @@ def test_moving_to_another_slice_keeps_the_refined_slice_in_a_volume_layer(make_
     rw.step_button.clicked.emit()
     _wait_idle(qtbot, state)
     np.testing.assert_array_equal(state.refiner.initial_mask, refined2)
+    # a model change also moves on: the slice refined with the old model is kept first
+    rw.step_button.clicked.emit()
+    _wait_idle(qtbot, state)
+    again = state.refiner.current_mask.copy()
+    mw.build_button.clicked.emit()
+    qtbot.waitUntil(lambda: state.loaded is not None and not state.busy, timeout=60_000)
+    assert state.refiner is None
+    np.testing.assert_array_equal(viewer.layers["refined slices"].data[2].astype(bool), again)

@@ -142,11 +142,17 @@ def read_cli_image(path: str, model, channel_axis=None, slice_axis=None, level: 
 
 
 def refuse_existing(paths, overwrite: bool) -> None:
-    """Check every output before any work: never overwrite without --overwrite, and a folder
-    that cannot be written is said now, not after the model has run (or a whole training epoch)."""
+    """Check every output before any work: never overwrite without --overwrite, nor start work
+    whose outputs cannot be written (``refuse_unwritable``)."""
     existing = [str(p) for p in paths if p is not None and Path(p).exists()]
     if existing and not overwrite:
         raise CLIError(f"output exists: {', '.join(existing)}; pass --overwrite to replace")
+    refuse_unwritable(paths)
+
+
+def refuse_unwritable(paths) -> None:
+    """A folder that cannot be written is said now, not after the model has run (or a whole
+    training epoch)."""
     for folder in sorted({_existing_folder(Path(p)) for p in paths if p is not None}):
         why = _cannot_write(folder)
         if why:

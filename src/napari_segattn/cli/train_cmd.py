@@ -284,9 +284,9 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} is a file; training writes a folder")
-    from .predict_cmd import refuse_existing
+    from .predict_cmd import refuse_unwritable
 
-    refuse_existing([out / "model.safetensors"], overwrite=True)  # a folder that cannot be written: said now
+    refuse_unwritable([out / "model.safetensors"])
     if not (args.resume or args.overwrite) and out.is_dir() and any(out.iterdir()):
         raise CLIError(f"{out} is not empty (an earlier run?); pass --resume to continue it, --overwrite to "
                        "replace it, or choose another --out")

@@ -55,9 +55,10 @@ class LayerChoices:
             if keep in self.labels.choices and keep != "(none)":
                 self.labels.value = keep
             else:
-                filled = [n for n in self.labels.choices[1:] if _has_labels(self.viewer.layers[n])]
-                if filled:
-                    self.labels.value = filled[0]
+                # the first filled one only: every layer event lands here while none is chosen
+                filled = next((n for n in self.labels.choices[1:] if _has_labels(self.viewer.layers[n])), None)
+                if filled is not None:
+                    self.labels.value = filled
 
     def image_layers(self):
         names = self.images.value if isinstance(self.images, Select) else [self.images.value]

@@ -71,6 +71,14 @@ def _refine_job(build, max_iters, tol, cancel):
     return (yield from refiner.iter_run(max_iters, tol, cancel))
 
 
+def _slice_to_keep(ref, inp) -> int | None:
+    """The slice index whose refinement is worth keeping (one slice of a volume, refined or
+    painted), else None."""
+    if ref is None or inp is None or inp.slice_index is None or not (ref.history or ref.edit_mask.any()):
+        return None
+    return inp.slice_index
+
+
 class PredictRefineWidget(Container):
     def __init__(self, napari_viewer: napari.Viewer) -> None:
         super().__init__(labels=True)
@@ -148,6 +156,7 @@ class PredictRefineWidget(Container):
         self.merge.changed.connect(self._focus_changed)
         self.cancel_button.changed.connect(lambda *_: self._cancel.set())
         self.state.model_changed.connect(self._model_changed)
+        self.state.refiner_replaced.connect(self._keep_refined_slice)
         self.state.busy_changed.connect(self._busy_changed)
         for ev in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             ev.connect(self._refresh_inits)
@@ -194,7 +203,6 @@ class PredictRefineWidget(Container):
         self._refresh_inits()
 
     def _model_changed(self, loaded):
-        self._keep_refined_slice()
         self.state.set_refiner(None)
         self._enable_for(loaded)
 
@@ -559,7 +567,7 @@ class PredictRefineWidget(Container):
         if ref is not None and self.state.refiner_session is not None:
             changed = [k for k in SESSION_PARTS if self.state.refiner_session.get(k) != session[k]]
             msg = f"{', '.join(changed)} changed since the last step: starting a fresh refinement"
-            kept = self._keep_refined_slice()
+            kept = _slice_to_keep(ref, self.state.refiner_input)  # kept by _keep_refined_slice on adoption
             if kept is not None:
                 msg += f"; slice {kept}'s refined mask is kept in '{REFINED_SLICES_LAYER}'"
             show_info(msg)
@@ -578,21 +586,21 @@ class PredictRefineWidget(Container):
                      focus=self._focus_value(), progressive_merge=bool(self.merge.value), **self._core_layout(inp))
         return build, inp, session
 
-    def _keep_refined_slice(self) -> int | None:
-        """Before a refinement of one slice of a volume is replaced (the user moved to another
-        slice, or changed the model...), its current mask, painted corrections included, goes into
-        that slice of a volume-shaped layer, so slice-by-slice work adds up instead of being lost.
-        Returns the slice index kept, or None (no slice refinement, or nothing refined yet)."""
-        ref, inp = self.state.refiner, self.state.refiner_input
-        if ref is None or inp is None or inp.slice_index is None or not (ref.history or ref.edit_mask.any()):
-            return None
+    def _keep_refined_slice(self, ref, inp) -> None:
+        """When a refinement of one slice of a volume is replaced or dropped (the user moved to
+        another slice, changed the model...; ``SegAttnState.refiner_replaced``), its current mask,
+        painted corrections included, goes into that slice of a volume-shaped layer, so
+        slice-by-slice work adds up instead of being lost. Reset empties the refiner first, so
+        a reset slice is not kept."""
+        index = _slice_to_keep(ref, inp)
+        if index is None:
+            return
         existing = None
         if REFINED_SLICES_LAYER in self.viewer.layers:
             existing = np.asarray(self.viewer.layers[REFINED_SLICES_LAYER].data)
-        full = place_slice(inp.layer_shape, inp.slice_index, ref.current_mask.astype(np.uint8), existing)
+        full = place_slice(inp.layer_shape, index, ref.current_mask.astype(np.uint8), existing)
         upsert_layer(self.viewer, "labels", full, REFINED_SLICES_LAYER, opacity=0.5, scale=inp.scale,
                      translate=inp.translate, metadata=inp.result_metadata)
-        return inp.slice_index
 
     def _adopt_refiner(self, refiner, inp, session):
         self.state.set_refiner(refiner, inp, session)

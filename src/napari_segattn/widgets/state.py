@@ -33,6 +33,7 @@ class SegAttnState:
     refiner_changed = Signal(object)  # FANetRefiner | None
     device_changed = Signal(str)
     busy_changed = Signal(bool)
+    refiner_replaced = Signal(object, object)  # (refiner, its input), just before it is dropped or replaced
     inputs_changed = Signal()
 
 
@@ -67,11 +68,13 @@ class SegAttnState:
         self.device = device
         self.device_changed.emit(device)
 
-    def set_refiner(self, refiner, input=None, session=None) -> None:
+    def set_refiner(self, refiner, model_input=None, session=None) -> None:
         """The refinement in progress, with the input and session it was started on: kept here,
         not in a widget, so that closing and re-docking Predict & refine continues it."""
+        if self.refiner is not None and self.refiner is not refiner:
+            self.refiner_replaced.emit(self.refiner, self.refiner_input)
         self.refiner = refiner
-        self.refiner_input, self.refiner_session = (input, session) if refiner is not None else (None, None)
+        self.refiner_input, self.refiner_session = (model_input, session) if refiner is not None else (None, None)
         self.refiner_changed.emit(refiner)
 
     @property
